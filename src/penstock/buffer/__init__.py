@@ -1,0 +1,1 @@
+"""Buffers over network memory: Buffer, BufferBuilder and BufferConsumer."""

@@ -1,0 +1,1 @@
+"""Network memory: segments, the global NetworkBufferPool and local buffer pools."""
