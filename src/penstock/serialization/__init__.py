@@ -1,0 +1,1 @@
+"""Turning records and events into bytes and back: type serializers, record framing, events."""
