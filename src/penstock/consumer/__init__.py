@@ -1,0 +1,1 @@
+"""The consuming side: input channels and input gates."""

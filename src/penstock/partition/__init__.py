@@ -1,0 +1,1 @@
+"""Result partitions: what a producing task writes and its consumers read."""

@@ -1,0 +1,1 @@
+"""Helpers for testing and benchmarking penstock: pipelines, sources and sinks."""
