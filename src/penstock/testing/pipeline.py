@@ -103,6 +103,8 @@ class LocalPipeline(Generic[T]):
                 for index in range(opts.num_channels)
             ]
         )
+        self.consumed_counts = [0] * opts.num_channels
+        """Records deserialized per channel by ``consume`` so far."""
         self.deserializers = [
             RecordDeserializer(serializer, channel=channel.describe())
             for channel in self.gate.channels
@@ -141,7 +143,7 @@ class LocalPipeline(Generic[T]):
         Raises:
             PenstockError: A channel failed or its bytes were corrupt.
         """
-        counts = [0] * self.options.num_channels
+        counts = self.consumed_counts
         gate = self.gate
         deserializers = self.deserializers
         while True:

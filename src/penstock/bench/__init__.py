@@ -1,0 +1,1 @@
+"""Benchmarks of the network stack, run by ``penstock bench``."""
