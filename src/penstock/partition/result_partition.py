@@ -145,7 +145,13 @@ class ResultPartition:
     # -- writing ---------------------------------------------------------------------
 
     def emit_record(self, record: bytes | bytearray | memoryview, target: int) -> None:
-        """Copies one framed record (or a run of framed records) into subpartition ``target``."""
+        """Copies one framed record (or a run of framed records) into subpartition ``target``.
+
+        Raises:
+            PartitionReleasedError: The partition was released (or failed).
+        """
+        if self._released:
+            self._check_writable()
         builder = self._unicast[target]
         if builder is None:
             builder = self._new_unicast_builder(target)
@@ -173,6 +179,8 @@ class ResultPartition:
 
     def broadcast_record(self, record: bytes | bytearray | memoryview) -> None:
         """Copies one framed record once into a buffer that every subpartition reads."""
+        if self._released:
+            self._check_writable()
         builder = self._broadcast
         if builder is None:
             builder = self._new_broadcast_builder()
@@ -238,12 +246,29 @@ class ResultPartition:
         self.release(cause)
 
     def release(self, cause: BaseException | None = None) -> None:
-        """Drops all queued data; readers that had not finished see an error (idempotent)."""
+        """Drops all queued data; readers that had not finished see an error (idempotent).
+
+        Safe from any thread. The writer's open builders are left alone (the producing
+        thread may be writing into them); ``close()`` closes them. A producer blocked
+        for a buffer is woken by the buffers the release frees; to be sure, destroy
+        the pool as well (``buffer_pool.destroy()``), which is also thread-safe.
+        """
         if self._released:
             return
         if cause is not None and self.failure_cause is None:
             self.failure_cause = cause
         self._released = True
+        for subpartition in self.subpartitions:
+            subpartition.release()
+
+    def close(self) -> None:
+        """Closes the writer's open builders and destroys the pool (producing thread).
+
+        Segments still being read return to the network pool when they are recycled.
+        """
+        if self._closed:
+            return
+        self._closed = True
         for target, builder in enumerate(self._unicast):
             if builder is not None:
                 builder.close()
@@ -251,14 +276,7 @@ class ResultPartition:
         if self._broadcast is not None:
             self._broadcast.close()
             self._broadcast = None
-        for subpartition in self.subpartitions:
-            subpartition.release()
-
-    def close(self) -> None:
-        """Destroys the buffer pool; segments still being read return when recycled."""
-        if not self._closed:
-            self._closed = True
-            self.buffer_pool.destroy()
+        self.buffer_pool.destroy()
 
     # -- reading -------------------------------------------------------------------
 
@@ -314,7 +332,7 @@ class ResultPartition:
     def _check_writable(self) -> None:
         if self._released:
             msg = f"Partition {self.partition_id} has been released."
-            raise PartitionReleasedError(msg)
+            raise PartitionReleasedError(msg) from self.failure_cause
         if self._finished:
             msg = f"Partition {self.partition_id} is already finished."
             raise IllegalStateError(msg)
@@ -333,13 +351,16 @@ class ResultPartition:
         return builder
 
     def _new_unicast_builder(self, target: int) -> BufferBuilder:
+        if not 0 <= target < self.num_subpartitions:
+            msg = f"subpartition {target} out of range 0..{self.num_subpartitions - 1}"
+            raise IllegalStateError(msg)
         if self._broadcast is not None:
             self._finish_broadcast()
         builder = self._request_builder(target)
         if not self.subpartitions[target].add(builder.create_buffer_consumer()):
             builder.close()
             msg = f"Partition {self.partition_id} has been released."
-            raise PartitionReleasedError(msg)
+            raise PartitionReleasedError(msg) from self.failure_cause
         self._unicast[target] = builder
         return builder
 
@@ -349,9 +370,12 @@ class ResultPartition:
                 self._finish_unicast(target)
         builder = self._request_builder(UNKNOWN_CHANNEL)
         consumer = builder.create_buffer_consumer()
-        for subpartition in self.subpartitions:
-            subpartition.add(consumer.copy())
+        added = [subpartition.add(consumer.copy()) for subpartition in self.subpartitions]
         consumer.close()
+        if not all(added):  # released while this thread waited for the buffer
+            builder.close()
+            msg = f"Partition {self.partition_id} has been released."
+            raise PartitionReleasedError(msg) from self.failure_cause
         self._broadcast = builder
         return builder
 

@@ -146,6 +146,7 @@ class PipelinedSubpartition:
             if self._is_released:
                 return
             self._is_released = True
+            self._flush_requested = False
             for consumer in self._buffers:
                 consumer.close()
             self._buffers.clear()
@@ -236,7 +237,11 @@ class PipelinedSubpartition:
             if has_credit:
                 available = self._is_data_available()
             else:
-                available = self._is_data_available() and self._buffers[0].data_type.is_event
+                available = (
+                    self._is_data_available()
+                    and bool(self._buffers)
+                    and self._buffers[0].data_type.is_event
+                )
             return available, self._backlog_unsafe()
 
     def is_data_available(self) -> bool:

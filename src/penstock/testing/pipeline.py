@@ -198,7 +198,7 @@ class LocalPipeline(Generic[T]):
             # The consumer is gone: release the partition and destroy its pool, so a
             # producer blocked on a buffer wakes up instead of waiting forever.
             self.partition.release()
-            self.partition.close()
+            self.partition.buffer_pool.destroy()
             producer.join(timeout=60)
             raise
         producer.join(timeout=60)
