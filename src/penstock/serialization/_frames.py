@@ -1,0 +1,156 @@
+"""Framing and pickling helpers shared by the type serializers.
+
+The ``Payload`` type and ``MAX_PAYLOAD_SIZE``, the frame length prefix, the functions that
+frame a list of payloads and split a run of frames back into payloads, a cache of
+``struct.Struct`` objects for ``n`` repetitions of one frame layout, and the cloudpickle
+encoding of records. ``types`` (the fixed-size, bytes, str and pickle serializers) and
+``generic`` (``GenericSerializer``) both build on them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Final, TypeAlias, cast
+
+import cloudpickle
+
+from penstock.errors import SerializationError
+
+Payload: TypeAlias = bytes | bytearray | memoryview
+"""What ``deserialize`` accepts: the bytes of exactly one payload."""
+
+MAX_PAYLOAD_SIZE: Final = 2**31 - 1
+"""The largest payload a frame can announce (its length is a signed 32-bit int)."""
+
+_LENGTH: Final = struct.Struct(">i")
+
+# A run longer than this is packed in chunks, so that a cached Struct never holds more than
+# this many frames (a Struct costs memory per field) and the cache stays small.
+_FRAMES_PER_STRUCT: Final = 1024
+_STRUCT_CACHE_SIZE: Final = 32
+# Below this many frames a numpy view costs more than it saves.
+_NUMPY_MIN_FRAMES: Final = 16
+
+
+def _frame_payloads(payloads: list[bytes]) -> bytes:
+    """Frames ready payloads with one ``b"".join`` over ``[prefix, payload, ...]``."""
+    count = len(payloads)
+    parts: list[bytes] = [b""] * (2 * count)
+    try:
+        parts[0::2] = map(_LENGTH.pack, map(len, payloads))
+    except struct.error as exc:
+        msg = f"a payload is larger than the maximum frame payload of {MAX_PAYLOAD_SIZE} bytes"
+        raise SerializationError(msg) from exc
+    parts[1::2] = payloads
+    return b"".join(parts)
+
+
+def _split_frames(data: memoryview | bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """The bytes of ``data`` and the ``(start, stop)`` of every payload in it."""
+    buf = bytes(data)
+    end = len(buf)
+    bounds: list[tuple[int, int]] = []
+    append = bounds.append
+    unpack = _LENGTH.unpack_from
+    pos = 0
+    while pos < end:
+        if end - pos < 4:
+            msg = f"truncated frame: {end - pos} bytes left at offset {pos}, need a 4-byte length"
+            raise SerializationError(msg)
+        (size,) = unpack(buf, pos)
+        pos += 4
+        if not 0 <= size <= end - pos:
+            msg = (
+                f"frame at offset {pos - 4} announces {size} payload bytes, "
+                f"but {end - pos} bytes remain"
+            )
+            raise SerializationError(msg)
+        append((pos, pos + size))
+        pos += size
+    return buf, bounds
+
+
+def _complete_frames_end(data: memoryview) -> int:
+    """Where the complete frames at the start of ``data`` end."""
+    unpack = _LENGTH.unpack_from
+    end = len(data)
+    pos = 0
+    while pos + 4 <= end:
+        (size,) = unpack(data, pos)
+        if size < 0:
+            msg = f"negative record length {size} at offset {pos}"
+            raise SerializationError(msg)
+        stop = pos + 4 + size
+        if stop > end:
+            break
+        pos = stop
+    return pos
+
+
+def _complete_payloads(data: memoryview) -> tuple[list[bytes], int]:
+    """The payloads of the complete frames at the start of ``data``.
+
+    One copy of the region, then a slice per payload: cheaper than a view and a copy
+    per record.
+    """
+    whole = data.tobytes()
+    unpack = _LENGTH.unpack_from
+    end = len(whole)
+    pos = 0
+    payloads: list[bytes] = []
+    append = payloads.append
+    while pos + 4 <= end:
+        (size,) = unpack(whole, pos)
+        if size < 0:
+            msg = f"negative record length {size} at offset {pos}"
+            raise SerializationError(msg)
+        stop = pos + 4 + size
+        if stop > end:
+            break
+        append(whole[pos + 4 : stop])
+        pos = stop
+    return payloads, pos
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+class _StructCache:
+    """Structs for ``n`` repetitions of one frame layout, the most recent few kept."""
+
+    __slots__ = ("_by_count", "_layout")
+
+    def __init__(self, layout: str) -> None:
+        self._layout = layout
+        self._by_count: dict[int, struct.Struct] = {}
+
+    def get(self, count: int) -> struct.Struct:
+        found = self._by_count.get(count)
+        if found is None:
+            if len(self._by_count) >= _STRUCT_CACHE_SIZE:
+                del self._by_count[next(iter(self._by_count))]
+            found = self._by_count[count] = struct.Struct(">" + self._layout * count)
+        return found
+
+
+def _pickle_record(record: object) -> bytes:
+    # cloudpickle, not pickle: records of classes defined in a job script (``__main__``)
+    # or in a function must be pickled by value to load in another process.
+    try:
+        return cast("bytes", cloudpickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        msg = f"cannot pickle a record of type {_type_name(record)}: {exc}"
+        raise SerializationError(msg) from exc
+
+
+def _unpickle_record(payload: Payload) -> object:
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        msg = f"cannot unpickle a record: {type(exc).__name__}: {exc}"
+        raise SerializationError(msg) from exc
