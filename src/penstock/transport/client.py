@@ -1,0 +1,376 @@
+"""The client side of the data plane: one connection per remote TaskManager.
+
+Theory of operation
+-------------------
+``ConnectionManager`` keeps one TCP connection per remote data address, shared by all
+remote channels reading from that TaskManager and multiplexed by their
+``InputChannelID``; concurrent channels asking for the same address share one connect.
+The connection is closed (CloseRequest) when its last channel is released.
+
+Receiving is zero-copy: the protocol is an ``asyncio.BufferedProtocol`` whose buffers
+are those the ``FrameDecoder`` hands out, and for a BufferResponse the decoder asks the
+addressed channel for a free segment, so the payload is read from the socket straight
+into a credited network buffer. A response for a channel that is gone is skipped and
+answered with CancelPartitionRequest.
+
+Sending is tiny: PartitionRequest, AddCredit (coalesced per channel: many recycled
+buffers, one message), ResumeConsumption, CancelPartitionRequest, CloseRequest. Task
+threads ask for them through thread-safe methods that hop onto the loop.
+
+A lost connection fails every channel on it with ``RemoteTransportError`` naming the
+remote address; an ErrorResponse fails one channel (or, if fatal, all of them) with
+the remote error as the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections import deque
+from typing import Final
+
+from penstock.buffer.buffer import DataType
+from penstock.consumer.remote_channel import ConnectionID, RemoteInputChannel
+from penstock.errors import (
+    PenstockError,
+    RemoteProtocolError,
+    RemoteTransportError,
+)
+from penstock.ids import InputChannelID
+from penstock.transport.codec import NEED_DATA, FrameDecoder, encode
+from penstock.transport.loop import EventLoopThread
+from penstock.transport.messages import (
+    AddCredit,
+    BacklogAnnouncement,
+    BufferResponse,
+    CancelPartitionRequest,
+    CloseRequest,
+    ErrorResponse,
+    Message,
+    PartitionRequest,
+    ResumeConsumption,
+)
+
+__all__ = ["ConnectionManager", "NettyPartitionRequestClient"]
+
+log = logging.getLogger(__name__)
+
+_PARTITION_NOT_FOUND: Final = "penstock.errors.PartitionNotFoundError"
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    """Decodes responses into channel buffers; runs on the loop thread only."""
+
+    def __init__(self, client: NettyPartitionRequestClient, max_buffer_size: int) -> None:
+        self._client = client
+        self._decoder = FrameDecoder(max_buffer_size, allocate=self._allocate)
+        self.transport: asyncio.Transport | None = None
+        self._closing = False
+
+    # -- asyncio.BufferedProtocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self._decoder.buffer_updated(nbytes)
+            while (message := self._decoder.next_message()) is not NEED_DATA:
+                self._dispatch(message)
+        except RemoteProtocolError as exc:
+            self._client.fail(
+                RemoteTransportError(
+                    f"Received a corrupt message from remote task manager "
+                    f"'{self._client.address}': {exc}",
+                    self._client.address,
+                ),
+                cause=exc,
+            )
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.on_connection_lost(exc)
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def _allocate(
+        self, receiver_id: InputChannelID, size: int, data_type: DataType
+    ) -> memoryview | None:
+        channel = self._client.channels.get(receiver_id)
+        return None if channel is None else channel.allocate(size, data_type)
+
+    def _dispatch(self, message: Message) -> None:
+        client = self._client
+        if isinstance(message, BufferResponse):
+            channel = client.channels.get(message.receiver_id)
+            if channel is None:
+                # The channel was released while the buffer was on its way.
+                client.send(CancelPartitionRequest(message.receiver_id))
+                return
+            channel.on_buffer_response(message)
+        elif isinstance(message, ErrorResponse):
+            client.on_error_response(message)
+        elif isinstance(message, BacklogAnnouncement):
+            channel = client.channels.get(message.receiver_id)
+            if channel is not None:
+                channel.on_sender_backlog(message.backlog)
+        else:
+            msg = f"unexpected {type(message).__name__} from a data server"
+            raise RemoteProtocolError(msg)
+
+
+class NettyPartitionRequestClient:
+    """One connection to one remote TaskManager, shared by all channels reading from it.
+
+    Flink's name is kept: this is what its NettyPartitionRequestClient does, on asyncio.
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        connection_id: ConnectionID,
+        loop_thread: EventLoopThread,
+    ) -> None:
+        self.manager = manager
+        self.connection_id = connection_id
+        self.address = f"{connection_id[0]}:{connection_id[1]}"
+        self._loop_thread = loop_thread
+        self.channels: dict[InputChannelID, RemoteInputChannel] = {}
+        self._protocol: _ClientProtocol | None = None
+        self._credit_queue: deque[RemoteInputChannel] = deque()
+        self._users = 0
+        self._users_lock = threading.Lock()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # -- connecting (loop thread) ----------------------------------------------------
+
+    async def connect(self, ssl_context: ssl.SSLContext | None, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.connection_id
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, protocol = await loop.create_connection(
+                    lambda: _ClientProtocol(self, self.manager.max_buffer_size),
+                    host,
+                    port,
+                    ssl=ssl_context,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            msg = (
+                f"Connecting to remote task manager '{self.address}' has failed. This might "
+                "indicate that the remote task manager has been lost."
+            )
+            raise RemoteTransportError(msg, self.address) from exc
+        self._protocol = protocol
+
+    # -- thread-safe API for channels ------------------------------------------------
+
+    def acquire(self) -> None:
+        with self._users_lock:
+            self._users += 1
+
+    def request_subpartition(self, channel: RemoteInputChannel, delay_ms: int = 0) -> None:
+        if delay_ms > 0:
+            self._loop_thread.call_soon(
+                self._loop_thread.loop.call_later,
+                delay_ms / 1000,
+                self._send_partition_request,
+                channel,
+            )
+        else:
+            self._loop_thread.call_soon(self._send_partition_request, channel)
+
+    def notify_credit_available(self, channel: RemoteInputChannel) -> None:
+        self._loop_thread.call_soon(self._announce_credit, channel)
+
+    def resume_consumption(self, channel: RemoteInputChannel) -> None:
+        self._loop_thread.call_soon(self.send, ResumeConsumption(channel.id))
+
+    def close_channel(self, channel: RemoteInputChannel) -> None:
+        """The channel is done: cancel its request and drop the connection if unused."""
+        self._loop_thread.call_soon(self._close_channel, channel)
+
+    # -- loop thread -------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or self._closed:
+            return
+        if protocol.transport.is_closing():
+            return
+        protocol.transport.write(encode(message))
+
+    def _send_partition_request(self, channel: RemoteInputChannel) -> None:
+        if channel.is_released:
+            return
+        if self._error is not None:
+            channel.on_error(self._error)
+            return
+        self.channels[channel.id] = channel
+        self.send(
+            PartitionRequest(
+                channel.partition_id,
+                channel.subpartition_index,
+                channel.subpartition_index,
+                channel.id,
+                channel.initial_credit,
+            )
+        )
+
+    def _announce_credit(self, channel: RemoteInputChannel) -> None:
+        if channel.id not in self.channels:
+            return
+        credit = channel.get_and_reset_unannounced_credit()
+        if credit > 0:
+            self.send(AddCredit(credit, channel.id))
+
+    def _close_channel(self, channel: RemoteInputChannel) -> None:
+        if self.channels.pop(channel.id, None) is not None:
+            self.send(CancelPartitionRequest(channel.id))
+        with self._users_lock:
+            self._users -= 1
+            last = self._users <= 0
+        if last:
+            self.manager.forget(self)
+            self.close()
+
+    def on_error_response(self, response: ErrorResponse) -> None:
+        remote = response.to_exception()
+        if response.receiver_id is None:
+            msg = f"Fatal error at remote task manager '{self.address}'."
+            self.fail(RemoteTransportError(msg, self.address), cause=remote)
+            return
+        channel = self.channels.get(response.receiver_id)
+        if channel is None:
+            return
+        if response.type_name == _PARTITION_NOT_FOUND:
+            self.channels.pop(channel.id, None)
+            channel.on_failed_partition_request()
+            return
+        error = RemoteTransportError(
+            f"Error at remote task manager '{self.address}'.", self.address
+        )
+        error.__cause__ = remote
+        channel.on_error(error)
+
+    def fail(self, error: PenstockError, cause: BaseException | None = None) -> None:
+        """Fails every channel on this connection and closes it (first error wins)."""
+        if cause is not None and error.__cause__ is None:
+            error.__cause__ = cause
+        if self._error is None:
+            self._error = error
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for channel in channels:
+            channel.on_error(self._error)
+        self.manager.forget(self)
+        self.close()
+
+    def on_connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        msg = (
+            f"Connection unexpectedly closed by remote task manager '{self.address}'. "
+            "This might indicate that the remote task manager was lost."
+        )
+        self.fail(RemoteTransportError(msg, self.address), cause=exc)
+
+    def close(self) -> None:
+        """Sends CloseRequest and closes the connection (loop thread, idempotent)."""
+        if self._closed:
+            return
+        self.send(CloseRequest())
+        self._closed = True
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+
+    def __repr__(self) -> str:
+        return f"NettyPartitionRequestClient({self.address}, channels={len(self.channels)})"
+
+
+class ConnectionManager:
+    """Hands out the shared connection to each remote TaskManager.
+
+    Args:
+        loop_thread: The TaskManager's network loop.
+        max_buffer_size: The segment size: the largest payload a response may carry.
+        ssl_context: Client-side TLS context (mutual authentication), or None.
+        connect_timeout_s: ``taskmanager.network.netty.client.connectTimeoutSec``.
+    """
+
+    def __init__(
+        self,
+        loop_thread: EventLoopThread,
+        max_buffer_size: int,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout_s: float = 120.0,
+    ) -> None:
+        self.loop_thread = loop_thread
+        self.max_buffer_size = max_buffer_size
+        self.ssl_context = ssl_context
+        self.connect_timeout_s = connect_timeout_s
+        self._clients: dict[ConnectionID, asyncio.Future[NettyPartitionRequestClient]] = {}
+        self._closed = False
+
+    def create_partition_request_client(self, address: ConnectionID) -> NettyPartitionRequestClient:
+        """The connection to ``address``, connecting first if there is none (blocking).
+
+        Raises:
+            RemoteTransportError: The connection could not be made.
+        """
+        client = self.loop_thread.run(self._get_or_connect(address))
+        client.acquire()
+        return client
+
+    async def _get_or_connect(self, address: ConnectionID) -> NettyPartitionRequestClient:
+        if self._closed:
+            msg = "the connection manager is shut down"
+            raise RemoteTransportError(msg, f"{address[0]}:{address[1]}")
+        future = self._clients.get(address)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._clients[address] = future
+            client = NettyPartitionRequestClient(self, address, self.loop_thread)
+            try:
+                await client.connect(self.ssl_context, self.connect_timeout_s)
+            except BaseException as exc:
+                del self._clients[address]
+                future.set_exception(exc)
+                future.exception()  # retrieved: concurrent waiters re-raise it themselves
+                raise
+            future.set_result(client)
+        return await asyncio.shield(future)
+
+    def forget(self, client: NettyPartitionRequestClient) -> None:
+        """Drops a closed or failed connection so the next request reconnects."""
+        future = self._clients.get(client.connection_id)
+        if (
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is None
+            and future.result() is client
+        ):
+            del self._clients[client.connection_id]
+
+    @property
+    def number_of_connections(self) -> int:
+        return len(self._clients)
+
+    async def close(self) -> None:
+        """Closes every connection (loop thread)."""
+        self._closed = True
+        for future in list(self._clients.values()):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().close()
+        self._clients.clear()

@@ -1,0 +1,91 @@
+"""EventLoopThread: the one asyncio loop that does a TaskManager's network I/O.
+
+Flink runs its Netty event loops on their own threads; penstock runs one asyncio loop
+on one thread per TaskManager for the data server and every client connection. Task
+threads never touch the loop's objects directly: they hand work over with
+``call_soon`` (fire and forget, e.g. "a reader has data", "credit is available") or
+``run`` (wait for a coroutine's result, e.g. "connect to that TaskManager"). Both are
+used per buffer or per connection, never per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from penstock.errors import IllegalStateError
+
+__all__ = ["EventLoopThread"]
+
+R = TypeVar("R")
+
+
+class EventLoopThread:
+    """Runs an asyncio event loop in a daemon thread until ``stop()``."""
+
+    def __init__(self, name: str = "penstock-network") -> None:
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = threading.Event()
+        self._stopped = False
+
+    def start(self) -> EventLoopThread:
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    @property
+    def is_loop_thread(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.current_thread() is self._thread
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Runs ``callback(*args)`` on the loop thread (from any thread)."""
+        if self._stopped:
+            return
+        if self.is_loop_thread:
+            self.loop.call_soon(callback, *args)
+        else:
+            # The loop may have closed meanwhile: then there is nothing left to notify.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(callback, *args)
+
+    def run(self, coroutine: Coroutine[Any, Any, R], timeout: float | None = None) -> R:
+        """Runs ``coroutine`` on the loop and waits for its result (not from the loop)."""
+        if self.is_loop_thread:
+            coroutine.close()
+            msg = "EventLoopThread.run() would deadlock when called on the loop thread"
+            raise IllegalStateError(msg)
+        if self._stopped:
+            coroutine.close()
+            msg = f"the event loop {self.name} is stopped"
+            raise IllegalStateError(msg)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the loop, cancelling what still runs on it, and joins the thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())

@@ -1,0 +1,406 @@
+"""The data server: a TaskManager's data port, serving subpartitions to remote channels.
+
+Theory of operation
+-------------------
+Each connection gets a ``_ServerConnection`` (Flink's PartitionRequestServerHandler and
+PartitionRequestQueue in one): a PartitionRequest creates a ``CreditBasedReader`` on the
+requested subpartition; if the partition is not registered yet, the request waits for
+it up to ``taskmanager.network.partition-request-timeout`` and is then answered with a
+PartitionNotFound ErrorResponse, which the client retries with backoff.
+
+Readers with something to send wait in a FIFO queue. The connection writes while the
+transport is writable (asyncio's high/low water marks: ``pause_writing`` and
+``resume_writing``), taking the reader at the head, sending one BufferResponse and
+putting it back at the tail if it has more: round robin, one buffer per turn, so a busy
+channel cannot starve the others. A reader without credit is not queued at all until
+AddCredit arrives (events excepted, they cost no credit).
+
+Producer threads only ever say "this reader has data" (``notify_data_available``); that
+hops onto the loop with ``call_soon_threadsafe``, once per buffer transition.
+
+Failures stay local: a failed producer is reported to its channel with a per-channel
+ErrorResponse; a protocol violation gets a fatal ErrorResponse and closes that
+connection only; a connection that sends nothing for ``idle_timeout_s`` while it has no
+readers is closed. When a connection with live readers is lost, the partitions they
+read can never be consumed (pipelined partitions are read once), so they are released
+with the connection error as the cause, which wakes their producers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from typing import Final
+
+from penstock.errors import (
+    LocalProtocolError,
+    PartitionNotFoundError,
+    PenstockError,
+    RemoteProtocolError,
+    RemoteTransportError,
+)
+from penstock.ids import InputChannelID
+from penstock.partition.manager import ResultPartitionManager
+from penstock.partition.result_partition import ResultPartition
+from penstock.transport.codec import (
+    NEED_DATA,
+    FrameDecoder,
+    encode,
+    encode_buffer_response_header,
+)
+from penstock.transport.credit import CreditBasedReader
+from penstock.transport.loop import EventLoopThread
+from penstock.transport.messages import (
+    AckAllUserRecordsProcessed,
+    AddCredit,
+    CancelPartitionRequest,
+    CloseRequest,
+    ErrorResponse,
+    Message,
+    NewBufferSize,
+    PartitionRequest,
+    ResumeConsumption,
+    TaskEventRequest,
+)
+
+__all__ = ["DEFAULT_WRITE_HIGH_WATER_MARK", "NettyServer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WRITE_HIGH_WATER_MARK: Final = 256 * 1024
+"""Bytes buffered in the transport above which the connection stops writing."""
+
+DEFAULT_IDLE_TIMEOUT_S: Final = 60.0
+
+
+class _ServerConnection(asyncio.Protocol):
+    """One client connection; runs on the loop thread only."""
+
+    def __init__(self, server: NettyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self._decoder = FrameDecoder(
+            server.max_buffer_size, max_control_frame_size=server.max_control_frame_size
+        )
+        self._readers: dict[InputChannelID, CreditBasedReader] = {}
+        self._available: deque[CreditBasedReader] = deque()
+        self._waiting: dict[InputChannelID, asyncio.TimerHandle] = {}
+        self._writable = True
+        self._closed = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        transport.set_write_buffer_limits(high=self.server.write_high_water_mark)
+        self.server.connections.add(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._arm_idle_timer()
+        try:
+            self._decoder.feed(data)
+            while (message := self._decoder.next_message()) is not NEED_DATA:
+                self._handle(message)
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            log.warning("Closing the connection from %s: %s", self.peer, exc)
+            self._send_fatal_and_close(exc)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._write_available()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        for handle in self._waiting.values():
+            handle.cancel()
+        self._waiting.clear()
+        live = [reader for reader in self._readers.values() if not reader.is_released]
+        self.release_all()
+        if live and exc is not None:
+            # Consumers that vanished mid-stream can never read their partitions again.
+            error = RemoteTransportError(
+                f"Lost connection to the consumer at '{self.peer}'.", self.peer
+            )
+            error.__cause__ = exc
+            for reader in live:
+                if reader.view is not None:
+                    self.server.partition_manager.release_partition(
+                        reader.view.subpartition.parent.partition_id, error
+                    )
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, AddCredit):
+            reader = self._readers.get(message.receiver_id)
+            if reader is not None:
+                reader.add_credit(message.credit)
+                self._enqueue_if_available(reader)
+        elif isinstance(message, PartitionRequest):
+            self._on_partition_request(message)
+        elif isinstance(message, CancelPartitionRequest):
+            self._release_reader(message.receiver_id)
+        elif isinstance(message, CloseRequest):
+            self.release_all()
+            if self.transport is not None:
+                self.transport.close()
+        elif isinstance(message, ResumeConsumption):
+            reader = self._readers.get(message.receiver_id)
+            if reader is not None:
+                reader.resume_consumption()
+                self._enqueue_if_available(reader)
+        elif isinstance(message, TaskEventRequest):
+            error = PenstockError("Task event receiver not found.")
+            self._send(ErrorResponse.from_exception(error, message.receiver_id))
+        elif isinstance(message, NewBufferSize | AckAllUserRecordsProcessed):
+            pass  # buffer debloating and final checkpoints are not implemented
+        else:
+            msg = f"unexpected {type(message).__name__} from a data client"
+            raise RemoteProtocolError(msg)
+
+    def _on_partition_request(self, request: PartitionRequest) -> None:
+        receiver_id = request.receiver_id
+        if receiver_id in self._readers or receiver_id in self._waiting:
+            msg = f"a second PartitionRequest for channel {receiver_id}"
+            raise RemoteProtocolError(msg)
+        reader = CreditBasedReader(receiver_id, request.credit, self.server.notify_reader)
+        reader.connection = self  # type: ignore[attr-defined]
+        partition = self.server.partition_manager.add_registration_listener(
+            request.partition_id,
+            lambda registered: self.server.loop_thread.call_soon(
+                self._on_partition_registered, registered, request, reader
+            ),
+        )
+        if partition is not None:
+            self._attach(partition, request, reader)
+            return
+        # Not registered yet: wait for it, up to the partition request timeout.
+        loop = asyncio.get_running_loop()
+        self._waiting[receiver_id] = loop.call_later(
+            self.server.partition_request_timeout_s,
+            self._on_partition_request_timeout,
+            request,
+        )
+
+    def _on_partition_registered(
+        self, partition: ResultPartition, request: PartitionRequest, reader: CreditBasedReader
+    ) -> None:
+        handle = self._waiting.pop(request.receiver_id, None)
+        if handle is None or self._closed:
+            return  # timed out, cancelled or the connection is gone
+        handle.cancel()
+        self._attach(partition, request, reader)
+
+    def _on_partition_request_timeout(self, request: PartitionRequest) -> None:
+        if self._waiting.pop(request.receiver_id, None) is None:
+            return
+        self._send(
+            ErrorResponse.from_exception(
+                PartitionNotFoundError(request.partition_id), request.receiver_id
+            )
+        )
+
+    def _attach(
+        self, partition: ResultPartition, request: PartitionRequest, reader: CreditBasedReader
+    ) -> None:
+        try:
+            view = partition.create_subpartition_view(request.subpartition_index_start, reader)
+        except PenstockError as exc:
+            self._send(ErrorResponse.from_exception(exc, request.receiver_id))
+            return
+        reader.attach(view, request.subpartition_index_start)
+        self._readers[request.receiver_id] = reader
+        self._enqueue_if_available(reader)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def notify_reader(self, reader: CreditBasedReader) -> None:
+        """A reader's subpartition has new data (loop thread)."""
+        if not self._closed and not reader.is_released:
+            self._enqueue_if_available(reader)
+
+    def _enqueue_if_available(self, reader: CreditBasedReader) -> None:
+        if reader.in_queue or not reader.is_available():
+            return
+        reader.in_queue = True
+        self._available.append(reader)
+        if len(self._available) == 1:
+            self._write_available()
+
+    def _write_available(self) -> None:
+        """Writes one buffer per available reader in turn while the transport is writable."""
+        transport = self.transport
+        available = self._available
+        while self._writable and available and not self._closed:
+            assert transport is not None
+            reader = available.popleft()
+            reader.in_queue = False
+            try:
+                polled = reader.get_next_buffer()
+            except PenstockError as exc:
+                self._send(ErrorResponse.from_exception(exc, reader.receiver_id))
+                self._release_reader(reader.receiver_id)
+                continue
+            if polled is None:
+                continue
+            buffer = polled.buffer
+            try:
+                header = encode_buffer_response_header(
+                    reader.receiver_id,
+                    reader.subpartition_id,
+                    polled.sequence_number,
+                    polled.backlog,
+                    buffer.data_type,
+                    False,
+                    buffer.size,
+                )
+                # The transport sends now or copies what it cannot send yet, so the
+                # buffer can be recycled as soon as write() returns.
+                transport.write(header + buffer.memory if buffer.size < 1024 else header)
+                if buffer.size >= 1024:
+                    transport.write(buffer.memory)
+            finally:
+                buffer.recycle()
+            if buffer.data_type.name == "END_OF_PARTITION":
+                reader.release()  # fully read: counts as consumed
+                continue
+            if reader.is_available():
+                reader.in_queue = True
+                available.append(reader)
+
+    def _send(self, message: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(message))
+
+    # -- teardown ----------------------------------------------------------------------
+
+    def _release_reader(self, receiver_id: InputChannelID) -> None:
+        handle = self._waiting.pop(receiver_id, None)
+        if handle is not None:
+            handle.cancel()
+        reader = self._readers.pop(receiver_id, None)
+        if reader is not None:
+            reader.release()
+
+    def release_all(self) -> None:
+        for receiver_id in list(self._readers):
+            self._release_reader(receiver_id)
+        for handle in self._waiting.values():
+            handle.cancel()
+        self._waiting.clear()
+        self._available.clear()
+
+    def _send_fatal_and_close(self, error: BaseException) -> None:
+        self._send(ErrorResponse.from_exception(error, None))
+        self.release_all()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if self._closed:
+            return
+        self._idle_handle = asyncio.get_running_loop().call_later(
+            self.server.idle_timeout_s, self._on_idle
+        )
+
+    def _on_idle(self) -> None:
+        if self._readers or self._waiting or self._closed:
+            self._arm_idle_timer()
+            return
+        log.info("Closing idle connection from %s", self.peer)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class NettyServer:
+    """The data port of one TaskManager (Flink's NettyServer, on asyncio).
+
+    Args:
+        partition_manager: Where requested partitions are looked up.
+        loop_thread: The TaskManager's network loop.
+        max_buffer_size: The segment size.
+        host: Address to bind (loopback by default).
+        port: Port to bind; 0 picks a free one (``taskmanager.data.port``).
+        ssl_context: Server-side TLS context (mutual authentication), or None.
+        partition_request_timeout_s: How long a request waits for its partition.
+        idle_timeout_s: How long a connection without readers may stay silent.
+    """
+
+    def __init__(
+        self,
+        partition_manager: ResultPartitionManager,
+        loop_thread: EventLoopThread,
+        max_buffer_size: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        partition_request_timeout_s: float = 10.0,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        write_high_water_mark: int = DEFAULT_WRITE_HIGH_WATER_MARK,
+    ) -> None:
+        self.partition_manager = partition_manager
+        self.loop_thread = loop_thread
+        self.max_buffer_size = max_buffer_size
+        self.max_control_frame_size = 1024 * 1024
+        self.host = host
+        self.requested_port = port
+        self.ssl_context = ssl_context
+        self.partition_request_timeout_s = partition_request_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.write_high_water_mark = write_high_water_mark
+        self.connections: set[_ServerConnection] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds and starts serving; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConnection(self),
+            self.host,
+            self.requested_port,
+            ssl=self.ssl_context,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("Data server listening on %s:%d", self.host, self.port)
+        return self.port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def notify_reader(self, reader: CreditBasedReader) -> None:
+        """From any thread: the reader's subpartition has data."""
+        connection: _ServerConnection = reader.connection  # type: ignore[attr-defined]
+        self.loop_thread.call_soon(connection.notify_reader, reader)
+
+    async def close(self) -> None:
+        """Stops accepting and closes every connection."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.release_all()
+            if connection.transport is not None:
+                connection.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
