@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from penstock.buffer.buffer import Buffer
 from penstock.buffer.builder import BufferBuilder
-from penstock.errors import IllegalStateError, PoolDestroyedError
+from penstock.errors import BufferPoolError, IllegalStateError, PoolDestroyedError
 from penstock.memory.availability import AvailabilityHelper, complete
 from penstock.memory.segment import MemorySegment
 
@@ -97,7 +97,6 @@ class LocalBufferPool:
         self._available: deque[MemorySegment] = deque()
         self._current_size = min_size
         self._requested = 0  # segments taken from the global pool, incl. overdraft
-        self._overdraft = 0
         self._channel_counts = [0] * num_subpartitions
         self._unavailable_channels = 0
         self._listeners: deque[BufferListener] = deque()
@@ -153,7 +152,11 @@ class LocalBufferPool:
 
         Raises:
             PoolDestroyedError: The pool was destroyed.
+            BufferPoolError: ``channel`` is not a subpartition of this pool.
         """
+        if channel != UNKNOWN_CHANNEL and not 0 <= channel < self.num_subpartitions:
+            msg = f"channel {channel} is not a subpartition of {self!r}"
+            raise BufferPoolError(msg)
         with self._lock:
             if self._destroyed:
                 msg = "Buffer pool is destroyed."
@@ -281,18 +284,17 @@ class LocalBufferPool:
         return self if channel == UNKNOWN_CHANNEL else self._recyclers[channel]
 
     def _request_overdraft(self) -> MemorySegment | None:
-        if self._overdraft >= self.max_overdraft_buffers:
+        # Overdraft is whatever is held beyond the current size, as in Flink: a pool
+        # that shrank below what it holds is already in overdraft.
+        if self._requested - self._current_size >= self.max_overdraft_buffers:
             return None
         segment = self._network_pool.request_pooled_segment()
         if segment is not None:
-            self._overdraft += 1
             self._requested += 1
         return segment
 
     def _return_to_global(self, segment: MemorySegment) -> None:
         self._requested -= 1
-        if self._overdraft > 0 and self._requested >= self._current_size:
-            self._overdraft -= 1
         self._returns.append(segment)
 
     def _take_returns(self) -> list[MemorySegment]:
@@ -305,8 +307,10 @@ class LocalBufferPool:
         Returns the future to complete after unlocking and whether to register for the
         global pool's availability.
         """
+        if self._destroyed:
+            return None, False  # stays available: waiters must wake and see the destroy
         register = False
-        if not self._available and self._requested < self._current_size and not self._destroyed:
+        if not self._available and self._requested < self._current_size:
             segment = self._network_pool.request_pooled_segment()
             if segment is not None:
                 self._available.append(segment)

@@ -171,6 +171,9 @@ class NetworkBufferPool:
             InsufficientBuffersError: The segments can never be had.
             BufferPoolError: They were not freed within the request timeout.
         """
+        if count < 0:
+            msg = f"cannot request a negative number of segments ({count})"
+            raise BufferPoolError(msg)
         if count == 0:
             return []
         with self._factory_lock:
@@ -275,6 +278,8 @@ class NetworkBufferPool:
             pool.destroy()
         with self._lock:
             self._destroyed = True
+            pending = self._availability.get_unavailable_to_reset_available()
+        complete(pending)  # wakes exclusive requests, which then see the destroy
 
     def statistics(self) -> NetworkBufferPoolStatistics:
         return NetworkBufferPoolStatistics(
