@@ -51,8 +51,13 @@ class InputChannel:
         channel_index: int,
         partition_id: ResultPartitionID,
         subpartition_index: int,
+        initial_backoff_ms: int = 100,
+        max_backoff_ms: int = 10_000,
     ) -> None:
         self.gate = gate
+        self.initial_backoff_ms = initial_backoff_ms
+        self.max_backoff_ms = max_backoff_ms
+        self._current_backoff_ms = 0
         self.channel_index = channel_index
         self.partition_id = partition_id
         self.subpartition_index = subpartition_index
@@ -107,6 +112,23 @@ class InputChannel:
         error = self._error
         if error is not None:
             raise error
+
+    def _increase_backoff(self) -> bool:
+        """Moves to the next partition-request backoff; False once it is exhausted.
+
+        The backoff starts at ``initial_backoff_ms`` and doubles up to
+        ``max_backoff_ms`` (``taskmanager.network.request-backoff.*``); an initial
+        backoff of 0 turns retries off, as in Flink.
+        """
+        if self._current_backoff_ms == 0:
+            if self.initial_backoff_ms <= 0:
+                return False
+            self._current_backoff_ms = self.initial_backoff_ms
+            return True
+        if self._current_backoff_ms >= self.max_backoff_ms:
+            return False
+        self._current_backoff_ms = min(self._current_backoff_ms * 2, self.max_backoff_ms)
+        return True
 
     def describe(self) -> str:
         """Names the channel in error messages."""

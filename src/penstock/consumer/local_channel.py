@@ -41,11 +41,15 @@ class LocalInputChannel(InputChannel):
         initial_backoff_ms: int = 100,
         max_backoff_ms: int = 10_000,
     ) -> None:
-        super().__init__(gate, channel_index, partition_id, subpartition_index)
+        super().__init__(
+            gate,
+            channel_index,
+            partition_id,
+            subpartition_index,
+            initial_backoff_ms,
+            max_backoff_ms,
+        )
         self.partition_manager = partition_manager
-        self.initial_backoff_ms = initial_backoff_ms
-        self.max_backoff_ms = max_backoff_ms
-        self._current_backoff_ms = 0
         self._view: PipelinedSubpartitionView | None = None
         self._lock = threading.Lock()
         self._retry_timer: threading.Timer | None = None
@@ -106,13 +110,3 @@ class LocalInputChannel(InputChannel):
     def buffers_in_use(self) -> int:
         view = self._view
         return view.subpartition.queue_length if view is not None else 0
-
-    def _increase_backoff(self) -> bool:
-        """Doubles the backoff; False once it would exceed the maximum."""
-        if self._current_backoff_ms == 0:
-            self._current_backoff_ms = self.initial_backoff_ms
-            return self.initial_backoff_ms > 0 or self.max_backoff_ms > 0
-        if self._current_backoff_ms >= self.max_backoff_ms:
-            return False
-        self._current_backoff_ms = min(self._current_backoff_ms * 2, self.max_backoff_ms)
-        return True

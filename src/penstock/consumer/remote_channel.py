@@ -97,13 +97,18 @@ class RemoteInputChannel(InputChannel):
         initial_backoff_ms: int = 100,
         max_backoff_ms: int = 10_000,
     ) -> None:
-        super().__init__(gate, channel_index, partition_id, subpartition_index)
+        super().__init__(
+            gate,
+            channel_index,
+            partition_id,
+            subpartition_index,
+            initial_backoff_ms,
+            max_backoff_ms,
+        )
         self.id = InputChannelID.generate()
         self.address = address
         self.connection_manager = connection_manager
         self.initial_credit = initial_credit
-        self.initial_backoff_ms = initial_backoff_ms
-        self.max_backoff_ms = max_backoff_ms
         self.buffer_manager = BufferManager(self, network_pool, gate.buffer_pool, initial_credit)
         self._lock = threading.Lock()
         self._received: deque[Buffer] = deque()
@@ -111,7 +116,6 @@ class RemoteInputChannel(InputChannel):
         self._unannounced_credit = 0
         self._client: PartitionRequestClient | None = None
         self._pending_segment: MemorySegment | None = None
-        self._current_backoff_ms = 0
         self._last_backlog = 0
 
     @property
@@ -273,12 +277,3 @@ class RemoteInputChannel(InputChannel):
 
     def _peer(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
-
-    def _increase_backoff(self) -> bool:
-        if self._current_backoff_ms == 0:
-            self._current_backoff_ms = self.initial_backoff_ms
-            return self.initial_backoff_ms > 0 or self.max_backoff_ms > 0
-        if self._current_backoff_ms >= self.max_backoff_ms:
-            return False
-        self._current_backoff_ms = min(self._current_backoff_ms * 2, self.max_backoff_ms)
-        return True

@@ -63,7 +63,11 @@ class UnionInputGate(InputGate):
                     return None
                 gate = self._with_data.popleft()
                 self._enqueued.discard(id(gate))
-            result = gate.poll_next()
+            try:
+                result = gate.poll_next()
+            except BaseException:
+                self._queue(gate)  # keep the failed gate queued: every later poll raises
+                raise
             if result is None:
                 if not gate.is_finished():
                     self._watch(gate)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Final, Generic, TypeVar, cast
+from typing import Final, Generic, NoReturn, TypeVar, cast
 
-from penstock.errors import IllegalStateError, TaskError
+from penstock.errors import IllegalStateError, SerializationError, TaskError
 from penstock.events import RuntimeEvent
 from penstock.partition.result_partition import ResultPartition
 from penstock.serialization.types import BytesSerializer, TypeSerializer
@@ -159,9 +159,18 @@ class RecordWriter(Generic[T]):
     def _frame(self, record: T) -> bytes:
         frame_struct = self._frame_struct
         if frame_struct is not None:
-            return frame_struct.pack(frame_struct.size - 4, record)
+            try:
+                return frame_struct.pack(frame_struct.size - 4, record)
+            except struct.error:
+                self._raise_unserializable(record)
         payload = self.serializer.serialize(record)
         return _pack_length(len(payload)) + payload
+
+    def _raise_unserializable(self, record: T) -> NoReturn:
+        """Raises the serializer's own error for a record its fast path could not pack."""
+        self.serializer.serialize(record)
+        msg = f"{self.serializer.name} cannot serialize {record!r}"
+        raise SerializationError(msg)
 
     def _on_flusher_error(self, error: BaseException) -> None:
         self._flusher_error = error
@@ -194,14 +203,16 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         if selector.is_broadcast:
             msg = "a broadcast selector needs a BroadcastRecordWriter"
             raise IllegalStateError(msg)
+        # Before the base class starts the flusher thread, so a failing set-up leaves
+        # no thread behind.
+        selector.setup(partition.num_subpartitions)
         super().__init__(partition, serializer, buffer_timeout_ms, task_name)
-        selector.setup(self.num_channels)
         self.selector = selector
         self._select = selector.select_channel
         self._builders = partition.unicast_builders
-        self._serialize: Callable[[T], bytes] | None = (
-            None if isinstance(cast(object, serializer), BytesSerializer) else serializer.serialize
-        )
+        self._serialize = serializer.serialize
+        # Exact bytes records of a BytesSerializer are their own payload.
+        self._bytes_pass_through = isinstance(cast(object, serializer), BytesSerializer)
         single_target = self.num_channels == 1 or isinstance(
             selector, ForwardPartitioner | GlobalPartitioner
         )
@@ -223,11 +234,18 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
             position = builder.position
             end = position + frame_struct.size
             if end < builder.capacity:
-                frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
+                try:
+                    frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
+                except struct.error:
+                    self._raise_unserializable(record)
                 builder.position = end
                 self.num_records_out += 1
                 return
-        self.partition.emit_record(frame_struct.pack(frame_struct.size - 4, record), target)
+        try:
+            frame = frame_struct.pack(frame_struct.size - 4, record)
+        except struct.error:
+            self._raise_unserializable(record)
+        self.partition.emit_record(frame, target)
         self.num_records_out += 1
 
     def _emit_fixed_to_first(self, record: T) -> None:
@@ -240,11 +258,18 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
             position = builder.position
             end = position + frame_struct.size
             if end < builder.capacity:
-                frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
+                try:
+                    frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
+                except struct.error:
+                    self._raise_unserializable(record)
                 builder.position = end
                 self.num_records_out += 1
                 return
-        self.partition.emit_record(frame_struct.pack(frame_struct.size - 4, record), 0)
+        try:
+            frame = frame_struct.pack(frame_struct.size - 4, record)
+        except struct.error:
+            self._raise_unserializable(record)
+        self.partition.emit_record(frame, 0)
         self.num_records_out += 1
 
     def _emit_payload(self, record: T) -> None:
@@ -258,8 +283,10 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         self._write_payload(record, 0)
 
     def _write_payload(self, record: T, target: int) -> None:
-        serialize = self._serialize
-        payload: Buffer = record if serialize is None else serialize(record)  # type: ignore[assignment]
+        if self._bytes_pass_through and type(record) is bytes:
+            payload: Buffer = cast(bytes, record)
+        else:
+            payload = self._serialize(record)
         size = len(payload)
         builder = self._builders[target]
         if builder is not None:
