@@ -1,0 +1,1 @@
+"""The cluster runtime: job graphs, deployment, JobManager, TaskManagers, mini-cluster."""

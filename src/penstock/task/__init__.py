@@ -1,0 +1,1 @@
+"""Tasks: the mailbox loop, operator chains and the operators that run in them."""

@@ -1,0 +1,142 @@
+"""The contract between operators and the task that runs them.
+
+An operator processes records in **batches**: the task hands it every record a buffer
+held (``process_batch``) and the operator emits through its ``Output`` in batches too,
+so the per-record cost is the user function and little else (DESIGN §7). Operators of
+one chain call each other directly through ``ChainingOutput``-style outputs; the chain's
+tail writes into the network through record writers.
+
+Everything that crosses from the client to a TaskManager is an ``OperatorFactory``:
+a small picklable object (user functions inside are pickled with cloudpickle) that
+builds a fresh operator for each subtask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+__all__ = [
+    "OperatorFactory",
+    "Output",
+    "RuntimeContext",
+    "SourceOperator",
+    "StreamOperator",
+]
+
+IN = TypeVar("IN")
+OUT = TypeVar("OUT")
+OUT_co = TypeVar("OUT_co", covariant=True)
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Output(Protocol[T_contra]):
+    """Where an operator emits: the next chained operator, or the network."""
+
+    def collect(self, record: T_contra) -> None:
+        """Emits one record."""
+        ...
+
+    def collect_batch(self, records: Sequence[T_contra]) -> None:
+        """Emits many records, in order; cheaper than ``collect`` per record."""
+        ...
+
+
+@dataclass(slots=True)
+class RuntimeContext:
+    """What a running operator knows about its subtask (Flink's RuntimeContext).
+
+    Attributes:
+        task_name: Flink-style name, e.g. "Source: Sequence Source -> Map (1/2)".
+        operator_name: This operator's name within the chain, e.g. "Map".
+        subtask_index: 0-based index of this parallel instance.
+        parallelism: Number of parallel instances of the vertex.
+        max_parallelism: Number of key groups (for keyed state).
+        attempt: Execution attempt number.
+        job_id: Hex string of the job id.
+        results_sink: Set by the runtime for ``execute_and_collect``: sends a batch of
+            records back to the client and blocks while the client is behind
+            (backpressure); None when the job has no collect sink.
+        config: The job's configuration as flat ``key -> str`` pairs.
+    """
+
+    task_name: str
+    operator_name: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int = 128
+    attempt: int = 0
+    job_id: str = ""
+    results_sink: Callable[[list[object]], None] | None = None
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    def get_index_of_this_subtask(self) -> int:
+        """PyFlink's name for ``subtask_index``."""
+        return self.subtask_index
+
+    def get_number_of_parallel_subtasks(self) -> int:
+        """PyFlink's name for ``parallelism``."""
+        return self.parallelism
+
+    def get_task_name(self) -> str:
+        return self.task_name
+
+
+class StreamOperator(Protocol[IN, OUT_co]):
+    """A running operator of one subtask.
+
+    Lifecycle: ``setup`` (once, with its output and context), ``open``, any number of
+    ``process_batch`` calls, ``end_input`` (the input is exhausted: emit what remains),
+    ``close``. ``close`` is also called after a failure, so it must not assume
+    ``end_input`` ran.
+    """
+
+    def setup(self, output: Output[OUT_co], context: RuntimeContext) -> None: ...
+
+    def open(self) -> None: ...
+
+    def process_batch(self, records: list[IN]) -> None: ...
+
+    def end_input(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SourceOperator(Protocol[OUT_co]):
+    """The head of a source task: produces batches until exhausted.
+
+    ``emit_next_batch`` emits up to ``max_records`` records through the output given in
+    ``setup`` and returns False once the source is exhausted (it may emit a last batch in
+    the same call). The task calls it only while its output is available, which is
+    how backpressure reaches a source.
+    """
+
+    def setup(self, output: Output[OUT_co], context: RuntimeContext) -> None: ...
+
+    def open(self) -> None: ...
+
+    def emit_next_batch(self, max_records: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class OperatorFactory(Protocol):
+    """Builds the operator of one subtask; pickled from the client to TaskManagers."""
+
+    @property
+    def is_source(self) -> bool: ...
+
+    def create(self) -> StreamOperator[object, object] | SourceOperator[object]: ...
+
+
+class Collector(Generic[OUT]):
+    """PyFlink's Collector for flat_map/process functions that emit with ``out.collect``."""
+
+    __slots__ = ("_append",)
+
+    def __init__(self, buffer: list[OUT]) -> None:
+        self._append = buffer.append
+
+    def collect(self, record: OUT) -> None:
+        self._append(record)
