@@ -13,7 +13,7 @@ from functools import partial
 from itertools import chain, count
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penstock import __version__, demo
@@ -317,7 +317,8 @@ def test_demo_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
         run_demo(clock=time.perf_counter, **kwargs)  # type: ignore[arg-type]
 
 
-@given(st.integers(0, 70_000), st.integers(1, 5000), st.integers(1, 5000))
+@settings(max_examples=25)
+@given(st.integers(0, 20_000), st.integers(1, 5000), st.integers(1, 5000))
 def test_generated_stream_does_not_depend_on_batch_size(
     records: int, batch_a: int, batch_b: int
 ) -> None:
