@@ -224,6 +224,11 @@ class FixedSizeSerializer(Generic[T]):
                 }
             )
 
+    @property
+    def is_scalar(self) -> bool:
+        """True when records are single values; False when they are tuples of fields."""
+        return self._scalar
+
     def serialize(self, record: T) -> bytes:
         try:
             if self._scalar:

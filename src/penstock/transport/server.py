@@ -132,9 +132,10 @@ class _ServerConnection(asyncio.Protocol):
             handle.cancel()
         self._waiting.clear()
         live = [reader for reader in self._readers.values() if not reader.is_released]
-        self.release_all()
-        if live and exc is not None:
-            # Consumers that vanished mid-stream can never read their partitions again.
+        if live:
+            # Consumers that vanished mid-stream (a graceful client cancels its channels
+            # first) can never read their partitions again: release them with the cause
+            # *before* releasing the readers, which would count them as consumed.
             error = RemoteTransportError(
                 f"Lost connection to the consumer at '{self.peer}'.", self.peer
             )
@@ -144,6 +145,7 @@ class _ServerConnection(asyncio.Protocol):
                     self.server.partition_manager.release_partition(
                         reader.view.subpartition.parent.partition_id, error
                     )
+        self.release_all()
 
     # -- messages ----------------------------------------------------------------------
 

@@ -101,8 +101,12 @@ class RecordWriter(Generic[T]):
             )
             self._flusher.start()
         fixed = serializer.fixed_size
+        # Scalar fixed-size records are packed as one whole frame in one call; tuples
+        # of fields (struct layouts) take the payload path.
         self._frame_struct: struct.Struct | None = (
-            getattr(serializer, "frame_struct", None) if fixed is not None else None
+            getattr(serializer, "frame_struct", None)
+            if fixed is not None and getattr(serializer, "is_scalar", False)
+            else None
         )
 
     emit: Callable[[T], None]
