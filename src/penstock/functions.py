@@ -1,0 +1,269 @@
+"""User function classes, as PyFlink's ``pyflink.datastream.functions``.
+
+A transformation takes a plain callable or an object of the matching class below.
+Such an object may also define ``open(runtime_context)`` and ``close()``: they are
+called once per subtask, before the first record and after the last one, as Flink
+calls its rich functions. Use them to set up and release per-subtask resources::
+
+    class Enrich(MapFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            self.lookup = load_table(runtime_context.get_index_of_this_subtask())
+
+        def map(self, value):
+            return value, self.lookup[value]
+
+The ``as_*`` adapters turn either form into one fast callable, resolved once per
+subtask so the per-record path is a single call.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from penstock.task.operator import Collector, RuntimeContext
+
+__all__ = [
+    "FilterFunction",
+    "FlatMapFunction",
+    "Function",
+    "KeySelector",
+    "KeyedProcessFunction",
+    "MapFunction",
+    "Partitioner",
+    "ProcessContext",
+    "ReduceFunction",
+    "SinkFunction",
+    "as_filter",
+    "as_flat_map",
+    "as_key_selector",
+    "as_map",
+    "as_partitioner",
+    "as_reduce",
+    "as_sink",
+    "close_function",
+    "open_function",
+]
+
+
+class Function:
+    """Base of every function class: optional per-subtask ``open`` and ``close``."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Called once per subtask before the first record."""
+
+    def close(self) -> None:
+        """Called once per subtask after the last record (also after a failure)."""
+
+
+class MapFunction(Function):
+    """One record in, one record out."""
+
+    def map(self, value: object) -> object:
+        """The record ``value`` becomes."""
+        raise NotImplementedError
+
+
+class FlatMapFunction(Function):
+    """One record in, any number out: return an iterable (or emit with ``out.collect``).
+
+    ``flat_map(value)`` returns (or yields) the records; a ``flat_map(value, out)`` with
+    two parameters emits them with ``out.collect(record)`` instead.
+    """
+
+    def flat_map(self, value: object) -> Iterable[object]:
+        """The records ``value`` becomes."""
+        raise NotImplementedError
+
+
+class FilterFunction(Function):
+    """Keeps the records for which ``filter`` is true."""
+
+    def filter(self, value: object) -> bool:
+        """Whether to keep ``value``."""
+        raise NotImplementedError
+
+
+class ReduceFunction(Function):
+    """Combines two records of one key into one (the running aggregate and the new one)."""
+
+    def reduce(self, value1: object, value2: object) -> object:
+        """The new aggregate of ``value1`` (so far) and ``value2`` (the new record)."""
+        raise NotImplementedError
+
+
+class KeySelector(Function):
+    """Extracts the key of a record."""
+
+    def get_key(self, value: object) -> object:
+        """The key of ``value``."""
+        raise NotImplementedError
+
+
+class Partitioner(Function):
+    """Chooses the partition of a key (``partition_custom``)."""
+
+    def partition(self, key: object, num_partitions: int) -> int:
+        """A partition in ``range(num_partitions)``."""
+        raise NotImplementedError
+
+
+class SinkFunction(Function):
+    """Receives every record that reaches the sink."""
+
+    def invoke(self, value: object) -> None:
+        """Handles one record."""
+        raise NotImplementedError
+
+
+class ProcessContext:
+    """What ``KeyedProcessFunction.process_element`` knows about the current record."""
+
+    __slots__ = ("current_key", "runtime_context")
+
+    def __init__(self, runtime_context: RuntimeContext) -> None:
+        self.runtime_context = runtime_context
+        self.current_key: object = None
+
+    def get_current_key(self) -> object:
+        """The key of the record being processed."""
+        return self.current_key
+
+
+class KeyedProcessFunction(Function):
+    """Processes each record of a keyed stream with access to its key.
+
+    ``process_element`` emits with ``out.collect(record)``; it may also return (or
+    yield) an iterable of records, as PyFlink's does.
+    """
+
+    def process_element(
+        self, value: object, ctx: ProcessContext, out: Collector[object]
+    ) -> Iterable[object] | None:
+        """Handles one record of the current key."""
+        raise NotImplementedError
+
+
+_PLAIN_CALLABLES = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.BuiltinMethodType,
+    functools.partial,
+    type,
+)
+
+
+def _is_function_object(fn: object) -> bool:
+    """An object of a user class, rather than a plain function, method or type."""
+    return isinstance(fn, Function) or not isinstance(fn, _PLAIN_CALLABLES)
+
+
+def open_function(fn: object, runtime_context: RuntimeContext) -> None:
+    """Calls ``fn.open(runtime_context)`` if ``fn`` is a function object that has one."""
+    if _is_function_object(fn):
+        opener = getattr(fn, "open", None)
+        if callable(opener):
+            opener(runtime_context)
+
+
+def close_function(fn: object) -> None:
+    """Calls ``fn.close()`` if ``fn`` is a function object that has one."""
+    if _is_function_object(fn):
+        closer = getattr(fn, "close", None)
+        if callable(closer):
+            closer()
+
+
+def _adapt(fn: object, method: str, kind: str) -> Callable[..., object]:
+    if not isinstance(fn, type):
+        bound = getattr(fn, method, None)
+        if callable(bound):
+            return bound  # type: ignore[no-any-return]
+    if callable(fn):
+        return fn
+    msg = f"a {kind} function must be callable or have {method}(...), got {fn!r}"
+    raise TypeError(msg)
+
+
+def as_map(fn: object) -> Callable[[object], object]:
+    """``fn.map`` for a MapFunction-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``map``.
+    """
+    return _adapt(fn, "map", "map")
+
+
+def as_flat_map(fn: object) -> tuple[Callable[..., object], bool]:
+    """The flat-map callable, and whether it takes a collector as second argument.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``flat_map``.
+    """
+    call = _adapt(fn, "flat_map", "flat_map")
+    return call, _takes_collector(call, 2)
+
+
+def as_filter(fn: object) -> Callable[[object], object]:
+    """``fn.filter`` for a FilterFunction-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``filter``.
+    """
+    return _adapt(fn, "filter", "filter")
+
+
+def as_reduce(fn: object) -> Callable[[object, object], object]:
+    """``fn.reduce`` for a ReduceFunction-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``reduce``.
+    """
+    return _adapt(fn, "reduce", "reduce")
+
+
+def as_key_selector(fn: object) -> Callable[[object], object]:
+    """``fn.get_key`` for a KeySelector-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``get_key``.
+    """
+    return _adapt(fn, "get_key", "key selector")
+
+
+def as_partitioner(fn: object) -> Callable[[object, int], int]:
+    """``fn.partition`` for a Partitioner-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``partition``.
+    """
+    return cast("Callable[[object, int], int]", _adapt(fn, "partition", "partitioner"))
+
+
+def as_sink(fn: object) -> Callable[[object], object]:
+    """``fn.invoke`` for a SinkFunction-like object, else ``fn`` itself.
+
+    Raises:
+        TypeError: ``fn`` is neither callable nor has ``invoke``.
+    """
+    return _adapt(fn, "invoke", "sink")
+
+
+def _takes_collector(call: Callable[..., object], arity: int) -> bool:
+    """Whether ``call`` accepts ``arity`` positional arguments (the last a collector)."""
+    try:
+        signature = inspect.signature(call)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    return len(required) >= arity

@@ -1,0 +1,607 @@
+"""The operators of the DataStream API and the picklable factories that build them.
+
+Every operator works on lists: ``process_batch`` gets all the records one buffer held
+and emits its results with one ``collect_batch`` call, so the per-record cost is the
+user function and a list operation (DESIGN §7). User functions are resolved once per
+subtask into plain callables (``penstock.functions.as_*``); a function object's
+``open(runtime_context)`` runs in ``open()`` and its ``close()`` in ``close()``, once
+each per subtask.
+
+Factories are frozen dataclasses: the client pickles them (with cloudpickle, user
+functions inside) into the job graph, and each subtask calls ``create()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from penstock.errors import IllegalStateError
+from penstock.functions import (
+    ProcessContext,
+    as_filter,
+    as_flat_map,
+    as_key_selector,
+    as_map,
+    as_reduce,
+    as_sink,
+    close_function,
+    open_function,
+)
+from penstock.task.operator import Collector, Output, RuntimeContext, SourceOperator, StreamOperator
+
+__all__ = [
+    "AbstractStreamOperator",
+    "CollectSinkFactory",
+    "CollectSinkOperator",
+    "CollectionSourceFactory",
+    "CollectionSourceOperator",
+    "FilterFactory",
+    "FilterOperator",
+    "FlatMapFactory",
+    "FlatMapOperator",
+    "MapFactory",
+    "MapOperator",
+    "PrintSinkFactory",
+    "PrintSinkOperator",
+    "ProcessFactory",
+    "ProcessOperator",
+    "ReduceFactory",
+    "ReduceOperator",
+    "SequenceSourceFactory",
+    "SequenceSourceOperator",
+    "SinkFactory",
+    "SinkOperator",
+    "SumFactory",
+    "SumOperator",
+    "sequence_split",
+]
+
+_MISSING: Final = object()
+
+UserFunction = object
+"""A plain callable or an object of the matching ``penstock.functions`` class."""
+
+
+class _DiscardingOutput:
+    """The output of an operator before ``setup``: refuses records."""
+
+    def collect(self, record: object) -> None:
+        msg = "the operator emitted a record before setup()"
+        raise IllegalStateError(msg)
+
+    def collect_batch(self, records: Sequence[object]) -> None:
+        self.collect(records)
+
+
+class AbstractStreamOperator:
+    """Base of the operators: keeps the output and context, opens and closes the function.
+
+    Args:
+        function: The user function object (or callable) whose ``open``/``close`` run
+            once per subtask; None for operators without one.
+    """
+
+    def __init__(self, function: object = None) -> None:
+        self.function = function
+        self.output: Output[object] = _DiscardingOutput()
+        self.context: RuntimeContext | None = None
+        self._opened = False
+        self._closed = False
+
+    def setup(self, output: Output[object], context: RuntimeContext) -> None:
+        """Receives where to emit and what the subtask is."""
+        self.output = output
+        self.context = context
+
+    def open(self) -> None:
+        """Opens the user function (once)."""
+        if self._opened:
+            return
+        self._opened = True
+        if self.function is not None:
+            open_function(self.function, self._runtime_context())
+
+    def process_batch(self, records: list[object]) -> None:
+        """Processes the records of one buffer."""
+        raise NotImplementedError
+
+    def end_input(self) -> None:
+        """The input is exhausted; nothing is buffered by these operators."""
+
+    def close(self) -> None:
+        """Closes the user function (once, and only if it was opened)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._opened and self.function is not None:
+            close_function(self.function)
+
+    def _runtime_context(self) -> RuntimeContext:
+        if self.context is None:
+            msg = f"{type(self).__name__} was opened before setup()"
+            raise IllegalStateError(msg)
+        return self.context
+
+
+# -- one-input operators ---------------------------------------------------------------
+
+
+class MapOperator(AbstractStreamOperator):
+    """``map``: one record out per record in."""
+
+    def __init__(self, fn: UserFunction) -> None:
+        super().__init__(fn)
+        self._map = as_map(fn)
+
+    def process_batch(self, records: list[object]) -> None:
+        self.output.collect_batch(list(map(self._map, records)))
+
+
+class FlatMapOperator(AbstractStreamOperator):
+    """``flat_map``: any number of records out per record in."""
+
+    def __init__(self, fn: UserFunction) -> None:
+        super().__init__(fn)
+        self._flat_map, self._with_collector = as_flat_map(fn)
+
+    def process_batch(self, records: list[object]) -> None:
+        flat_map = self._flat_map
+        if self._with_collector:
+            results: list[object] = []
+            out = Collector(results)
+            for record in records:
+                flat_map(record, out)
+        else:
+            results = list(
+                itertools.chain.from_iterable(map(flat_map, records))  # type: ignore[arg-type]
+            )
+        if results:
+            self.output.collect_batch(results)
+
+
+class FilterOperator(AbstractStreamOperator):
+    """``filter``: keeps the records the predicate accepts."""
+
+    def __init__(self, fn: UserFunction) -> None:
+        super().__init__(fn)
+        self._filter = as_filter(fn)
+
+    def process_batch(self, records: list[object]) -> None:
+        kept = list(filter(self._filter, records))
+        if kept:
+            self.output.collect_batch(kept)
+
+
+class ReduceOperator(AbstractStreamOperator):
+    """Keyed running ``reduce``: emits the new aggregate of the key for every record."""
+
+    def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
+        super().__init__(fn)
+        self._reduce = as_reduce(fn)
+        self.key_selector = key_selector
+        self._get_key = as_key_selector(key_selector)
+        self.state: dict[object, object] = {}
+
+    def process_batch(self, records: list[object]) -> None:
+        state = self.state
+        get = state.get
+        get_key = self._get_key
+        reduce = self._reduce
+        results: list[object] = []
+        append = results.append
+        for record in records:
+            key = get_key(record)
+            current = get(key, _MISSING)
+            value = record if current is _MISSING else reduce(current, record)
+            state[key] = value
+            append(value)
+        self.output.collect_batch(results)
+
+
+def _summed(record: object, position: int | str | None, total: object) -> object:
+    """``record`` with the summed field replaced by ``total`` (its other fields kept)."""
+    if position is None:
+        return total
+    if isinstance(record, dict):
+        updated = dict(record)
+        updated[position] = total
+        return updated
+    if isinstance(position, int):
+        if isinstance(record, tuple):
+            if hasattr(record, "_replace"):  # a named tuple keeps its type
+                field_name = record._fields[position]  # type: ignore[attr-defined]
+                return record._replace(**{field_name: total})
+            return (*record[:position], total, *record[position + 1 :])
+        if isinstance(record, list):
+            updated_list = list(record)
+            updated_list[position] = total
+            return updated_list
+    if isinstance(record, tuple) and hasattr(record, "_replace"):
+        return record._replace(**{str(position): total})
+    updated_object = copy.copy(record)
+    setattr(updated_object, str(position), total)
+    return updated_object
+
+
+def _field(record: object, position: int | str | None) -> object:
+    if position is None:
+        return record
+    if isinstance(position, int) or isinstance(record, dict):
+        return record[position]  # type: ignore[index]
+    return getattr(record, position)
+
+
+class SumOperator(AbstractStreamOperator):
+    """Keyed running ``sum`` of one field.
+
+    Emits, per record, the first record of its key with the field replaced by the sum
+    so far, as Flink's SumAggregator does.
+
+    Args:
+        position: Tuple/list index, dict key or attribute name; None sums scalar records.
+        key_selector: The key of a record.
+    """
+
+    def __init__(self, position: int | str | None, key_selector: UserFunction) -> None:
+        super().__init__(None)
+        self.position = position
+        self.key_selector = key_selector
+        self._get_key = as_key_selector(key_selector)
+        self.state: dict[object, object] = {}
+
+    def process_batch(self, records: list[object]) -> None:
+        state = self.state
+        get_key = self._get_key
+        position = self.position
+        results: list[object] = []
+        append = results.append
+        for record in records:
+            key = get_key(record)
+            current = state.get(key, _MISSING)
+            if current is _MISSING:
+                value = record
+            else:
+                total = _field(current, position) + _field(record, position)  # type: ignore[operator]
+                value = _summed(current, position, total)
+            state[key] = value
+            append(value)
+        self.output.collect_batch(results)
+
+
+class ProcessOperator(AbstractStreamOperator):
+    """Keyed ``process``: calls ``process_element(value, ctx, out)`` per record."""
+
+    def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
+        super().__init__(fn)
+        process = getattr(fn, "process_element", None)
+        if process is None and callable(fn):
+            process = fn
+        if process is None:
+            msg = f"a process function must have process_element(value, ctx, out), got {fn!r}"
+            raise TypeError(msg)
+        self._process: Callable[..., Iterable[object] | None] = process
+        self._get_key = as_key_selector(key_selector)
+        self._ctx: ProcessContext | None = None
+
+    def open(self) -> None:
+        super().open()
+        self._ctx = ProcessContext(self._runtime_context())
+
+    def process_batch(self, records: list[object]) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            msg = "ProcessOperator received records before open()"
+            raise IllegalStateError(msg)
+        results: list[object] = []
+        out = Collector(results)
+        get_key = self._get_key
+        process = self._process
+        for record in records:
+            ctx.current_key = get_key(record)
+            returned = process(record, ctx, out)
+            if returned is not None:
+                results.extend(returned)
+        if results:
+            self.output.collect_batch(results)
+
+
+# -- sinks ------------------------------------------------------------------------------
+
+
+class SinkOperator(AbstractStreamOperator):
+    """``add_sink``: calls the sink function once per record."""
+
+    def __init__(self, fn: UserFunction) -> None:
+        super().__init__(fn)
+        self._invoke = as_sink(fn)
+
+    def process_batch(self, records: list[object]) -> None:
+        invoke = self._invoke
+        for record in records:
+            invoke(record)
+
+
+class PrintSinkOperator(AbstractStreamOperator):
+    """``print``: one line per record, prefixed "N> " when the sink is parallel."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._prefix = ""
+
+    def open(self) -> None:
+        super().open()
+        context = self._runtime_context()
+        self._prefix = f"{context.subtask_index + 1}> " if context.parallelism > 1 else ""
+
+    def process_batch(self, records: list[object]) -> None:
+        prefix = self._prefix
+        stream = sys.stdout
+        stream.write("".join(f"{prefix}{record}\n" for record in records))
+        stream.flush()
+
+
+class CollectSinkOperator(AbstractStreamOperator):
+    """``execute_and_collect``: hands each batch to the runtime's results sink."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._sink: Callable[[list[object]], None] | None = None
+
+    def open(self) -> None:
+        super().open()
+        sink = self._runtime_context().results_sink
+        if sink is None:
+            msg = "a collect sink runs only in a job executed with execute_and_collect"
+            raise IllegalStateError(msg)
+        self._sink = sink
+
+    def process_batch(self, records: list[object]) -> None:
+        sink = self._sink
+        if sink is None:
+            msg = "CollectSinkOperator received records before open()"
+            raise IllegalStateError(msg)
+        if records:
+            sink(list(records))
+
+
+# -- sources ----------------------------------------------------------------------------
+
+
+class _AbstractSource:
+    """Base of the sources: emits a slice of its records per ``emit_next_batch``."""
+
+    def __init__(self) -> None:
+        self.output: Output[object] = _DiscardingOutput()
+        self.context: RuntimeContext | None = None
+
+    def setup(self, output: Output[object], context: RuntimeContext) -> None:
+        """Receives where to emit and what the subtask is."""
+        self.output = output
+        self.context = context
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class CollectionSourceOperator(_AbstractSource):
+    """``from_collection``: the records in order, from subtask 0 only (non-parallel)."""
+
+    def __init__(self, records: Sequence[object]) -> None:
+        super().__init__()
+        self.records = records
+        self._position = 0
+        self._end = 0
+
+    def open(self) -> None:
+        """Subtask 0 emits everything; any other subtask has nothing."""
+        context = self.context
+        self._end = len(self.records) if context is None or context.subtask_index == 0 else 0
+
+    def emit_next_batch(self, max_records: int) -> bool:
+        start = self._position
+        end = min(self._end, start + max_records)
+        if end > start:
+            self.output.collect_batch(list(self.records[start:end]))
+        self._position = end
+        return end < self._end
+
+
+def sequence_split(start: int, end: int, parallelism: int, index: int) -> range:
+    """The contiguous slice of ``start..end`` (inclusive) that subtask ``index`` emits.
+
+    The range is cut into ``parallelism`` parts whose sizes differ by at most one, as
+    Flink's NumberSequenceSource splits it.
+    """
+    total = end - start + 1
+    if total <= 0:
+        return range(0)
+    return range(start + total * index // parallelism, start + total * (index + 1) // parallelism)
+
+
+class SequenceSourceOperator(_AbstractSource):
+    """``from_sequence``: this subtask's contiguous slice of an inclusive range."""
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__()
+        self.start = start
+        self.end = end
+        self._next = 0
+        self._stop = 0
+
+    def open(self) -> None:
+        """Takes this subtask's slice."""
+        context = self.context
+        parallelism = 1 if context is None else context.parallelism
+        index = 0 if context is None else context.subtask_index
+        split = sequence_split(self.start, self.end, parallelism, index)
+        self._next, self._stop = split.start, split.stop
+
+    def emit_next_batch(self, max_records: int) -> bool:
+        start = self._next
+        stop = min(self._stop, start + max_records)
+        if stop > start:
+            self.output.collect_batch(list(range(start, stop)))
+        self._next = stop
+        return stop < self._stop
+
+
+# -- factories --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSourceFactory:
+    """Builds a ``CollectionSourceOperator`` ("Source: Collection Source")."""
+
+    records: Sequence[object]
+
+    @property
+    def is_source(self) -> bool:
+        return True
+
+    def create(self) -> SourceOperator[object]:
+        return CollectionSourceOperator(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSourceFactory:
+    """Builds a ``SequenceSourceOperator`` ("Source: Sequence Source")."""
+
+    start: int
+    end: int
+
+    @property
+    def is_source(self) -> bool:
+        return True
+
+    def create(self) -> SourceOperator[object]:
+        return SequenceSourceOperator(self.start, self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class MapFactory:
+    """Builds a ``MapOperator``."""
+
+    fn: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return MapOperator(self.fn)
+
+
+@dataclass(frozen=True, slots=True)
+class FlatMapFactory:
+    """Builds a ``FlatMapOperator``."""
+
+    fn: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return FlatMapOperator(self.fn)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterFactory:
+    """Builds a ``FilterOperator``."""
+
+    fn: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return FilterOperator(self.fn)
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceFactory:
+    """Builds a keyed ``ReduceOperator``."""
+
+    fn: UserFunction
+    key_selector: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return ReduceOperator(self.fn, self.key_selector)
+
+
+@dataclass(frozen=True, slots=True)
+class SumFactory:
+    """Builds a keyed ``SumOperator`` over a tuple position, dict key or scalar (None)."""
+
+    position: int | str | None
+    key_selector: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return SumOperator(self.position, self.key_selector)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFactory:
+    """Builds a keyed ``ProcessOperator`` (KeyedProcessFunction)."""
+
+    fn: UserFunction
+    key_selector: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return ProcessOperator(self.fn, self.key_selector)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkFactory:
+    """Builds a ``SinkOperator`` (``SinkFunction.invoke`` or a callable per record)."""
+
+    fn: UserFunction
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return SinkOperator(self.fn)
+
+
+@dataclass(frozen=True, slots=True)
+class PrintSinkFactory:
+    """Builds a ``PrintSinkOperator``."""
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return PrintSinkOperator()
+
+
+@dataclass(frozen=True, slots=True)
+class CollectSinkFactory:
+    """Builds a ``CollectSinkOperator`` (records go to ``RuntimeContext.results_sink``)."""
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+    def create(self) -> StreamOperator[object, object]:
+        return CollectSinkOperator()
