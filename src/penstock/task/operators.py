@@ -203,9 +203,18 @@ class ReduceOperator(AbstractStreamOperator):
         self.output.collect_batch(results)
 
 
+def _is_scalar_sum(record: object, position: int | str | None) -> bool:
+    """Whether ``record`` itself is summed rather than one of its fields.
+
+    That is so with no position, and for PyFlink's default position 0 on a plain number
+    (``key_by(...).sum()`` over a stream of numbers).
+    """
+    return position is None or (position == 0 and isinstance(record, int | float | complex))
+
+
 def _summed(record: object, position: int | str | None, total: object) -> object:
     """``record`` with the summed field replaced by ``total`` (its other fields kept)."""
-    if position is None:
+    if position is None or _is_scalar_sum(record, position):
         return total
     if isinstance(record, dict):
         updated = dict(record)
@@ -229,7 +238,7 @@ def _summed(record: object, position: int | str | None, total: object) -> object
 
 
 def _field(record: object, position: int | str | None) -> object:
-    if position is None:
+    if position is None or _is_scalar_sum(record, position):
         return record
     if isinstance(position, int) or isinstance(record, dict):
         return record[position]  # type: ignore[index]
