@@ -215,6 +215,10 @@ class NettyPartitionRequestClient:
         if self._error is not None:
             channel.on_error(self._error)
             return
+        if self._closed:
+            msg = f"The connection to '{self.address}' was closed before the request."
+            channel.on_error(RemoteTransportError(msg, self.address))
+            return
         self.channels[channel.id] = channel
         self.send(
             PartitionRequest(
@@ -328,9 +332,7 @@ class ConnectionManager:
         Raises:
             RemoteTransportError: The connection could not be made.
         """
-        client = self.loop_thread.run(self._get_or_connect(address))
-        client.acquire()
-        return client
+        return self.loop_thread.run(self._get_or_connect(address))
 
     async def _get_or_connect(self, address: ConnectionID) -> NettyPartitionRequestClient:
         if self._closed:
@@ -349,7 +351,11 @@ class ConnectionManager:
                 future.exception()  # retrieved: concurrent waiters re-raise it themselves
                 raise
             future.set_result(client)
-        return await asyncio.shield(future)
+        client = await asyncio.shield(future)
+        # Acquired on the loop thread, before any other loop callback can close the
+        # connection for want of users.
+        client.acquire()
+        return client
 
     def forget(self, client: NettyPartitionRequestClient) -> None:
         """Drops a closed or failed connection so the next request reconnects."""

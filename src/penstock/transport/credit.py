@@ -101,6 +101,8 @@ class CreditBasedReader:
         view = self.view
         if view is None or self._released:
             return False
+        if view.is_released:
+            return True  # so the server polls it and sends the failure or the release
         return view.get_availability_and_backlog(self.credit > 0)[0]
 
     def get_next_buffer(self) -> BufferAndBacklog | None:
@@ -114,7 +116,11 @@ class CreditBasedReader:
         view = self.view
         if view is None or self._released:
             return None
-        if self.credit <= 0 and not view.get_availability_and_backlog(False)[0]:
+        if (
+            self.credit <= 0
+            and not view.is_released
+            and not view.get_availability_and_backlog(False)[0]
+        ):
             return None
         polled = view.get_next_buffer()
         if polled is None:

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from penstock.errors import (
@@ -41,7 +42,7 @@ from penstock.errors import (
     RemoteProtocolError,
     RemoteTransportError,
 )
-from penstock.ids import InputChannelID
+from penstock.ids import InputChannelID, ResultPartitionID
 from penstock.partition.manager import ResultPartitionManager
 from penstock.partition.result_partition import ResultPartition
 from penstock.transport.codec import (
@@ -88,6 +89,9 @@ class _ServerConnection(asyncio.Protocol):
         self._readers: dict[InputChannelID, CreditBasedReader] = {}
         self._available: deque[CreditBasedReader] = deque()
         self._waiting: dict[InputChannelID, asyncio.TimerHandle] = {}
+        self._listeners: dict[
+            InputChannelID, tuple[ResultPartitionID, Callable[[ResultPartition], None]]
+        ] = {}
         self._writable = True
         self._closed = False
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -184,11 +188,14 @@ class _ServerConnection(asyncio.Protocol):
             raise RemoteProtocolError(msg)
         reader = CreditBasedReader(receiver_id, request.credit, self.server.notify_reader)
         reader.connection = self  # type: ignore[attr-defined]
-        partition = self.server.partition_manager.add_registration_listener(
-            request.partition_id,
-            lambda registered: self.server.loop_thread.call_soon(
+
+        def on_registered(registered: ResultPartition) -> None:
+            self.server.loop_thread.call_soon(
                 self._on_partition_registered, registered, request, reader
-            ),
+            )
+
+        partition = self.server.partition_manager.add_registration_listener(
+            request.partition_id, on_registered
         )
         if partition is not None:
             self._attach(partition, request, reader)
@@ -200,10 +207,12 @@ class _ServerConnection(asyncio.Protocol):
             self._on_partition_request_timeout,
             request,
         )
+        self._listeners[receiver_id] = (request.partition_id, on_registered)
 
     def _on_partition_registered(
         self, partition: ResultPartition, request: PartitionRequest, reader: CreditBasedReader
     ) -> None:
+        self._listeners.pop(request.receiver_id, None)
         handle = self._waiting.pop(request.receiver_id, None)
         if handle is None or self._closed:
             return  # timed out, cancelled or the connection is gone
@@ -211,6 +220,7 @@ class _ServerConnection(asyncio.Protocol):
         self._attach(partition, request, reader)
 
     def _on_partition_request_timeout(self, request: PartitionRequest) -> None:
+        self._forget_listener(request.receiver_id)
         if self._waiting.pop(request.receiver_id, None) is None:
             return
         self._send(
@@ -293,7 +303,13 @@ class _ServerConnection(asyncio.Protocol):
 
     # -- teardown ----------------------------------------------------------------------
 
+    def _forget_listener(self, receiver_id: InputChannelID) -> None:
+        entry = self._listeners.pop(receiver_id, None)
+        if entry is not None:
+            self.server.partition_manager.remove_registration_listener(*entry)
+
     def _release_reader(self, receiver_id: InputChannelID) -> None:
+        self._forget_listener(receiver_id)
         handle = self._waiting.pop(receiver_id, None)
         if handle is not None:
             handle.cancel()
@@ -304,6 +320,8 @@ class _ServerConnection(asyncio.Protocol):
     def release_all(self) -> None:
         for receiver_id in list(self._readers):
             self._release_reader(receiver_id)
+        for receiver_id in list(self._listeners):
+            self._forget_listener(receiver_id)
         for handle in self._waiting.values():
             handle.cancel()
         self._waiting.clear()
