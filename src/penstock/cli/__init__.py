@@ -5,7 +5,9 @@ Commands:
 * ``run``: runs a job with a live view of throughput and backpressure (for now the
   built-in word count over the network stack; see ``penstock.cli.run``);
 * ``bench``: runs a network benchmark and prints a table or JSON (see
-  ``penstock.cli.bench``).
+  ``penstock.cli.bench``);
+* ``jobmanager`` and ``taskmanager``: start a cluster by hand (see
+  ``penstock.cli.cluster``).
 
 Each command module has an ``add_<command>_parser(subparsers)`` that adds its subparser
 and sets the ``handler`` default to a function ``(args) -> exit status``; ``main``
@@ -27,6 +29,7 @@ from typing import Final
 from penstock import __version__
 from penstock.cli._args import SubParsers
 from penstock.cli.bench import add_bench_parser
+from penstock.cli.cluster import add_jobmanager_parser, add_taskmanager_parser
 from penstock.cli.run import EXIT_INTERRUPTED, add_run_parser
 
 __all__ = ["COMMANDS", "LOG_FORMAT", "build_parser", "configure_logging", "main"]
@@ -36,7 +39,12 @@ LOG_FORMAT: Final = (
 )
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-COMMANDS: Final[tuple[Callable[[SubParsers], None], ...]] = (add_run_parser, add_bench_parser)
+COMMANDS: Final[tuple[Callable[[SubParsers], None], ...]] = (
+    add_run_parser,
+    add_bench_parser,
+    add_jobmanager_parser,
+    add_taskmanager_parser,
+)
 """The ``add_<command>_parser`` function of every command, in help order."""
 
 

@@ -1,0 +1,408 @@
+"""Running a job: ``execute``, ``execute_and_collect`` and ``JobExecutionResult``.
+
+``execution.target`` picks where the job runs:
+
+* ``local``: a JobManager and one TaskExecutor in this process, with as many slots as
+  the job needs; control messages are method calls, data still goes through the
+  network stack (local channels);
+* ``minicluster`` (the default): a ``MiniCluster`` with as many TaskManager processes
+  as the job needs (see ``task_managers_for``), closed when the job ends;
+* ``remote``: a JobManager started by hand (``penstock jobmanager``) at
+  ``jobmanager.rpc.address``:``jobmanager.rpc.port``, reached over the authenticated
+  control channel with the key in ``PENSTOCK_CLUSTER_SECRET``.
+
+Whatever the target, a job is a *session*: a stream of events (collected batches, then
+the result), acknowledgements for the batches, and a way to cancel. Ctrl-C while
+waiting cancels the job, waits (bounded) for it to stop, releases the cluster and
+re-raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final, Protocol
+
+from penstock.config import (
+    EXECUTION_TARGET,
+    JOBMANAGER_RPC_ADDRESS,
+    JOBMANAGER_RPC_PORT,
+    Configuration,
+)
+from penstock.errors import ClusterError, JobExecutionError
+from penstock.ids import JobID
+from penstock.runtime.control import (
+    CancelJob,
+    CollectAck,
+    CollectBatch,
+    ControlConnection,
+    ControlMessage,
+    JobResult,
+    SubmitJob,
+    connect,
+    load_secret,
+)
+from penstock.runtime.job_graph import JobGraph
+from penstock.runtime.jobmanager import JobManager, required_slots
+from penstock.runtime.minicluster import MiniCluster, task_managers_for
+from penstock.runtime.taskmanager import TaskExecutor
+
+__all__ = [
+    "CANCEL_WAIT_S",
+    "InProcessSession",
+    "JobExecutionResult",
+    "JobSession",
+    "RemoteSession",
+    "execute",
+    "execute_and_collect",
+    "open_session",
+]
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_S: Final = 15.0
+"""How long a cancelled job may take to report its end before the client gives up."""
+
+_LOCAL_TM_ID: Final = "local"
+
+
+class JobExecutionResult:
+    """The result of a finished job (PyFlink's JobExecutionResult).
+
+    Args:
+        job_id: The job's id.
+        job_name: The job's name.
+        net_runtime_ms: Milliseconds from deployment to the end of the last task.
+        metrics: Final metrics per task name ("Source: Sequence Source -> Map (1/2)").
+    """
+
+    def __init__(
+        self,
+        job_id: JobID,
+        job_name: str,
+        net_runtime_ms: int,
+        metrics: Mapping[str, Mapping[str, float]],
+    ) -> None:
+        self._job_id = job_id
+        self.job_name = job_name
+        self._net_runtime_ms = net_runtime_ms
+        self._metrics = {name: dict(values) for name, values in metrics.items()}
+
+    def get_job_id(self) -> JobID:
+        """The job's id."""
+        return self._job_id
+
+    def get_net_runtime(self) -> int:
+        """The net runtime in milliseconds."""
+        return self._net_runtime_ms
+
+    def get_metrics(self) -> dict[str, dict[str, float]]:
+        """Final metrics per task name, with Flink's metric names."""
+        return {name: dict(values) for name, values in self._metrics.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"JobExecutionResult(job_id={self._job_id}, job_name={self.job_name!r}, "
+            f"net_runtime={self._net_runtime_ms} ms)"
+        )
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+class JobSession(Protocol):
+    """A submitted job as its client sees it."""
+
+    job: JobGraph
+
+    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
+        """The next batch or the result; None after ``timeout_s`` without either."""
+        ...
+
+    def ack(self, batch: CollectBatch) -> None:
+        """The batch was consumed: its task may send another."""
+        ...
+
+    def cancel(self) -> None:
+        """Asks the cluster to cancel the job (its result still follows)."""
+        ...
+
+    def close(self) -> None:
+        """Releases the cluster or connection the session used."""
+        ...
+
+
+class _QueueListener:
+    """A JobListener that queues events for a client thread."""
+
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue[CollectBatch | JobResult] = queue.SimpleQueue()
+
+    def on_collect(self, batch: CollectBatch) -> None:
+        self.events.put(batch)
+
+    def on_result(self, result: JobResult) -> None:
+        self.events.put(result)
+
+
+class InProcessSession:
+    """A job on a JobManager in this process (targets ``local`` and ``minicluster``).
+
+    Args:
+        job_manager: A started JobManager.
+        job: The job; submitted now.
+        on_close: Releases what was started for the job (cluster, executor).
+    """
+
+    def __init__(
+        self, job_manager: JobManager, job: JobGraph, on_close: Callable[[], None] = lambda: None
+    ) -> None:
+        self.job = job
+        self.job_manager = job_manager
+        self._on_close = on_close
+        self._listener = _QueueListener()
+        job_manager.submit(job, self._listener)
+
+    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
+        try:
+            return self._listener.events.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def ack(self, batch: CollectBatch) -> None:
+        self.job_manager.ack_collect(CollectAck(batch.execution_id, batch.seq))
+
+    def cancel(self) -> None:
+        self.job_manager.cancel_job(self.job.job_id)
+
+    def close(self) -> None:
+        self._on_close()
+
+
+class RemoteSession:
+    """A job on a JobManager in another process, over the control channel.
+
+    Args:
+        connection: An authenticated connection to the JobManager.
+        job: The job; submitted now.
+    """
+
+    def __init__(self, connection: ControlConnection, job: JobGraph) -> None:
+        self.job = job
+        self._connection = connection
+        self._events: queue.SimpleQueue[CollectBatch | JobResult | BaseException] = (
+            queue.SimpleQueue()
+        )
+        connection.send(SubmitJob(job))
+        self._reader = _start_reader(connection, self._events)
+
+    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
+        try:
+            event = self._events.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(event, BaseException):
+            msg = f"lost the JobManager at {self._connection.peer} while job {self.job.name!r} ran"
+            raise JobExecutionError(msg, self.job.job_id) from event
+        return event
+
+    def ack(self, batch: CollectBatch) -> None:
+        with contextlib.suppress(ClusterError):
+            self._connection.send(CollectAck(batch.execution_id, batch.seq))
+
+    def cancel(self) -> None:
+        with contextlib.suppress(ClusterError):
+            self._connection.send(CancelJob(self.job.job_id))
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _start_reader(
+    connection: ControlConnection,
+    events: queue.SimpleQueue[CollectBatch | JobResult | BaseException],
+) -> object:
+    def read() -> None:
+        try:
+            while True:
+                message: ControlMessage = connection.recv()
+                if isinstance(message, CollectBatch | JobResult):
+                    events.put(message)
+                    if isinstance(message, JobResult):
+                        return
+        except (EOFError, ClusterError) as exc:
+            events.put(ClusterError(f"the control connection to {connection.peer} closed: {exc}"))
+
+    thread = threading.Thread(target=read, name="job-client-reader", daemon=True)
+    thread.start()
+    return thread
+
+
+def open_session(job: JobGraph, config: Configuration) -> JobSession:
+    """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
+
+    Raises:
+        ClusterError: The cluster could not be started or reached.
+    """
+    merged = Configuration(config)
+    target = merged.get(EXECUTION_TARGET)
+    if target == "local":
+        return _local_session(job, merged)
+    if target == "minicluster":
+        cluster = MiniCluster(merged, task_managers_for(job, merged)).start()
+        try:
+            return InProcessSession(cluster.job_manager, job, cluster.close)
+        except BaseException:
+            cluster.close()
+            raise
+    address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
+    connection = connect(address, load_secret(environ=os.environ))
+    try:
+        return RemoteSession(connection, job)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _local_session(job: JobGraph, config: Configuration) -> InProcessSession:
+    job_manager = JobManager(config, name="local-jm")
+    job_manager.start()
+    executor = TaskExecutor(
+        config,
+        lambda message: job_manager.on_message(_LOCAL_TM_ID, message),
+        slots=required_slots(job),
+        tm_id=_LOCAL_TM_ID,
+    )
+
+    def close() -> None:
+        executor.close()
+        job_manager.shutdown("the local execution ended")
+
+    try:
+        executor.start()
+        job_manager.add_task_manager(executor.registration(), _LocalGateway(executor))
+        executor.start_heartbeats()
+        return InProcessSession(job_manager, job, close)
+    except BaseException:
+        close()
+        raise
+
+
+class _LocalGateway:
+    """The JobManager's side of an in-process TaskExecutor: direct calls."""
+
+    def __init__(self, executor: TaskExecutor) -> None:
+        self._executor = executor
+
+    def send(self, message: ControlMessage) -> None:
+        self._executor.handle(message)
+
+    def close(self) -> None:
+        """Nothing to drop; the session closes the executor."""
+
+
+# -- running --------------------------------------------------------------------------
+
+
+def _raise_for(result: JobResult) -> None:
+    if result.error is not None:
+        msg = f"Job {result.job_name!r} ({result.job_id}) failed: {_first_line(result.error)}"
+        raise JobExecutionError(msg, result.job_id) from result.error
+    if result.cancelled:
+        msg = f"Job {result.job_name!r} ({result.job_id}) was cancelled."
+        raise JobExecutionError(msg, result.job_id)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _cancel_and_wait(session: JobSession) -> JobResult | None:
+    session.cancel()
+    remaining = CANCEL_WAIT_S
+    while True:
+        event = session.next_event(remaining)
+        if event is None:
+            log.warning("job %r did not report its end after cancellation", session.job.name)
+            return None
+        if isinstance(event, JobResult):
+            return event
+        session.ack(event)
+
+
+def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
+    """Runs ``job`` to its end on the target of ``execution.target``.
+
+    Raises:
+        JobExecutionError: The job failed; its cause is the first failure (a
+            ``RemoteError`` with the original type name, message and traceback, or a
+            ``ClusterError``).
+        ClusterError: The cluster could not be started or reached.
+        KeyboardInterrupt: Ctrl-C; the job was cancelled and the cluster released.
+    """
+    session = open_session(job, config)
+    try:
+        while True:
+            event = session.next_event()
+            if isinstance(event, JobResult):
+                _raise_for(event)
+                return JobExecutionResult(
+                    event.job_id, event.job_name, event.net_runtime_ms, event.metrics
+                )
+            if event is not None:
+                session.ack(event)
+    except KeyboardInterrupt:
+        log.warning("interrupted: cancelling job %r", job.name)
+        _cancel_and_wait(session)
+        raise
+    finally:
+        session.close()
+
+
+def execute_and_collect(
+    job: JobGraph, config: Configuration, limit: int | None = None
+) -> Iterator[object]:
+    """Runs ``job`` and yields the records of its collect sink as they arrive.
+
+    The job is submitted now. At most a few batches per sink task are in flight, so a
+    slow reader slows the job down. Closing the iterator, or reaching ``limit``
+    records, cancels the job.
+
+    Raises:
+        JobExecutionError: From the iterator, when the job failed.
+    """
+    session = open_session(job, config)
+    return _collect(session, limit)
+
+
+def _collect(session: JobSession, limit: int | None) -> Iterator[object]:
+    count = 0
+    ended = False
+    try:
+        if limit is not None and limit <= 0:
+            return
+        while True:
+            event = session.next_event()
+            if event is None:
+                continue
+            if isinstance(event, JobResult):
+                ended = True
+                _raise_for(event)
+                return
+            for record in event.records:
+                yield record
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            session.ack(event)
+    finally:
+        try:
+            if not ended:
+                _cancel_and_wait(session)
+        finally:
+            session.close()

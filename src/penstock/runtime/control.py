@@ -1,0 +1,505 @@
+"""The control channel: messages between client, JobManager and TaskManagers, and its wire.
+
+Control traffic (registrations, deployments, task states, heartbeats, results) is small
+and travels apart from the data path, over ``multiprocessing.connection`` connections on
+TCP. Every connection is authenticated with a key made per cluster before any message
+is read: the HMAC challenge of ``multiprocessing.connection`` runs both ways, so a peer
+without the key (a port scanner, a stray client, a wrong key) is refused and never gets
+to send a message that would be unpickled. Only after that handshake do messages flow,
+pickled with cloudpickle, because deployment descriptors carry user functions.
+
+The data plane (``penstock.transport``) never unpickles anything; this channel may,
+because both ends proved they hold the cluster's key.
+
+Keys:
+
+* a mini-cluster makes a fresh key (``new_secret``) and hands it to its TaskManager
+  processes on their standard input, never on the command line (which other users of
+  the host can read);
+* a cluster started by hand (``penstock jobmanager`` / ``penstock taskmanager``) reads
+  it from a file (``--secret-file``; the JobManager creates the file, mode 0600, if it
+  does not exist) or from the environment variable ``PENSTOCK_CLUSTER_SECRET``; a client
+  submitting to such a cluster reads the same variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import cloudpickle
+
+from penstock.errors import ClusterError, ConfigurationError, RemoteError
+from penstock.ids import ExecutionAttemptID, JobID
+from penstock.runtime.deployment import TaskDeploymentDescriptor
+from penstock.runtime.job_graph import JobGraph
+from penstock.runtime.states import ExecutionState
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT_S",
+    "SECRET_ENV",
+    "CancelJob",
+    "CancelTask",
+    "CollectAck",
+    "CollectBatch",
+    "ControlConnection",
+    "ControlMessage",
+    "ControlServer",
+    "DeployTask",
+    "Heartbeat",
+    "JobResult",
+    "RegisterTaskManager",
+    "RegistrationAccepted",
+    "Shutdown",
+    "SubmitJob",
+    "TaskStateChanged",
+    "connect",
+    "load_secret",
+    "new_secret",
+    "parse_address",
+    "read_secret_file",
+    "write_secret_file",
+]
+
+log = logging.getLogger(__name__)
+
+SECRET_ENV: Final = "PENSTOCK_CLUSTER_SECRET"
+"""Environment variable holding the cluster key of a cluster started by hand."""
+
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+"""How long a peer may take to answer the authentication challenge."""
+
+_SECRET_BYTES: Final = 32
+_SECRET_FILE: Final = "--secret-file"
+_JOBMANAGER: Final = "--jobmanager"
+_TIMEVAL: Final = struct.Struct("ll")
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def new_secret() -> bytes:
+    """A fresh random cluster key (64 hex characters, so it fits files and variables)."""
+    return os.urandom(_SECRET_BYTES).hex().encode("ascii")
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """The key in ``path``: its content without surrounding whitespace.
+
+    Raises:
+        ConfigurationError: The file is missing, unreadable or empty.
+    """
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigurationError(_SECRET_FILE, os.fspath(path), str(exc)) from None
+    if not secret:
+        raise ConfigurationError(_SECRET_FILE, os.fspath(path), "the file is empty")
+    return secret
+
+
+def write_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """Creates ``path`` with a new key, readable by its owner only; returns the key.
+
+    Raises:
+        ConfigurationError: The file cannot be created (it may already exist).
+    """
+    secret = new_secret()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(_SECRET_FILE, os.fspath(path), str(exc)) from None
+    with os.fdopen(fd, "wb") as file:
+        file.write(secret + b"\n")
+    return secret
+
+
+def load_secret(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    create: bool = False,
+) -> bytes:
+    """The cluster key: from ``path`` if given, else from ``PENSTOCK_CLUSTER_SECRET``.
+
+    Args:
+        path: A key file (``--secret-file``).
+        environ: The environment (``os.environ`` when None).
+        create: Create ``path`` with a new key if it does not exist (the JobManager).
+
+    Raises:
+        ConfigurationError: No key is given, or the file cannot be read.
+    """
+    if path is not None:
+        if create and not Path(path).exists():
+            return write_secret_file(path)
+        return read_secret_file(path)
+    value = (os.environ if environ is None else environ).get(SECRET_ENV, "").strip()
+    if not value:
+        reason = (
+            f"the cluster key is missing: pass --secret-file or set {SECRET_ENV} to the "
+            "key of the cluster"
+        )
+        raise ConfigurationError(SECRET_ENV, "", reason)
+    return value.encode("utf-8")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a tuple.
+
+    Raises:
+        ConfigurationError: Not ``HOST:PORT`` with a port from 1 to 65535.
+    """
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        reason = "expected HOST:PORT"
+        raise ConfigurationError(_JOBMANAGER, text, reason)
+    return host.strip("[]"), int(port)
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterTaskManager:
+    """TaskManager → JobManager, first message: who it is and where its data lives."""
+
+    tm_id: str
+    data_address: tuple[str, int]
+    slots: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationAccepted:
+    """JobManager → TaskManager: registered; heartbeats are expected from now on."""
+
+    tm_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """TaskManager → JobManager: alive, with a metrics snapshot of each running task."""
+
+    tm_id: str
+    metrics: dict[ExecutionAttemptID, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeployTask:
+    """JobManager → TaskManager: run this subtask."""
+
+    tdd: TaskDeploymentDescriptor
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """JobManager → TaskManager: cancel this subtask (idempotent)."""
+
+    execution_id: ExecutionAttemptID
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStateChanged:
+    """TaskManager → JobManager: a subtask changed state.
+
+    ``error`` is the failure of a FAILED task as text (type name, message, traceback);
+    ``metrics`` is its final snapshot when the state is terminal.
+    """
+
+    execution_id: ExecutionAttemptID
+    state: ExecutionState
+    error: RemoteError | None = None
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectBatch:
+    """Records of a collect sink, TaskManager → JobManager → client; ``seq`` per task."""
+
+    job_id: JobID
+    execution_id: ExecutionAttemptID
+    seq: int
+    records: list[object]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectAck:
+    """Client → JobManager → TaskManager: batch ``seq`` was consumed; send more."""
+
+    execution_id: ExecutionAttemptID
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """JobManager → TaskManager: cancel everything, release the network stack, exit."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitJob:
+    """Client → JobManager: run this job and report back on this connection."""
+
+    job: JobGraph
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Client → JobManager: cancel the job."""
+
+    job_id: JobID
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """JobManager → client: the job ended.
+
+    Attributes:
+        job_id: The job.
+        job_name: Its name.
+        net_runtime_ms: From deployment to the last task's end.
+        metrics: Final metrics per task name, Flink's names.
+        error: The first failure (a ``RemoteError`` for a task failure, a
+            ``ClusterError`` for a lost TaskManager or missing slots), None on success.
+        cancelled: The job was cancelled on request.
+    """
+
+    job_id: JobID
+    job_name: str
+    net_runtime_ms: int
+    metrics: dict[str, dict[str, float]]
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+ControlMessage = (
+    RegisterTaskManager
+    | RegistrationAccepted
+    | Heartbeat
+    | DeployTask
+    | CancelTask
+    | TaskStateChanged
+    | CollectBatch
+    | CollectAck
+    | Shutdown
+    | SubmitJob
+    | CancelJob
+    | JobResult
+)
+_MESSAGE_TYPES: Final = ControlMessage.__args__
+
+# -- connections ----------------------------------------------------------------------
+
+
+class ControlConnection:
+    """An authenticated control connection; ``send`` is safe from any thread.
+
+    Args:
+        connection: A connection whose handshake has completed.
+        peer: Names the peer in log lines and errors.
+    """
+
+    def __init__(
+        self, connection: multiprocessing.connection.Connection[bytes, bytes], peer: str
+    ) -> None:
+        self._connection = connection
+        self.peer = peer
+        self._send_lock = threading.Lock()
+        self._closed = False
+
+    def send(self, message: ControlMessage) -> None:
+        """Sends one message.
+
+        Raises:
+            ClusterError: The connection is closed or broken.
+        """
+        payload = cloudpickle.dumps(message)
+        with self._send_lock:
+            try:
+                self._connection.send_bytes(payload)
+            except (OSError, ValueError) as exc:
+                msg = f"lost the control connection to {self.peer}: {exc}"
+                raise ClusterError(msg) from exc
+
+    def recv(self) -> ControlMessage:
+        """Waits for the next message.
+
+        Raises:
+            EOFError: The peer closed the connection (or it was closed here).
+            ClusterError: The peer sent something that is not a control message.
+        """
+        try:
+            payload = self._connection.recv_bytes()
+        except (OSError, ValueError) as exc:
+            raise EOFError(str(exc)) from exc
+        message = pickle.loads(payload)  # the peer is authenticated
+        if not isinstance(message, _MESSAGE_TYPES):
+            msg = f"{self.peer} sent {type(message).__name__}, not a control message"
+            raise ClusterError(msg)
+        return message  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Closes the connection; a thread blocked in ``recv`` gets EOFError."""
+        if self._closed:
+            return
+        self._closed = True
+        # shutdown() wakes a reader blocked on this socket in another thread; close()
+        # alone would not.
+        with contextlib.suppress(OSError):
+            sock = socket.socket(fileno=os.dup(self._connection.fileno()))
+            with sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._connection.close()
+
+    def __repr__(self) -> str:
+        return f"ControlConnection({self.peer})"
+
+
+def _set_receive_timeout(
+    connection: multiprocessing.connection.Connection[bytes, bytes], seconds: float
+) -> None:
+    # The connection reads its fd with os.read, so a socket-level timeout is the only
+    # one that bounds a read; 0 turns it off again.
+    with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+        whole = int(seconds)
+        sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000)),
+        )
+
+
+def connect(
+    address: tuple[str, int], secret: bytes, timeout_s: float = HANDSHAKE_TIMEOUT_S
+) -> ControlConnection:
+    """Connects to a control endpoint and authenticates both ways.
+
+    Raises:
+        ClusterError: Nobody listens at ``address``, or the keys do not match.
+    """
+    peer = f"{address[0]}:{address[1]}"
+    try:
+        sock = socket.create_connection(address, timeout=timeout_s)
+    except OSError as exc:
+        msg = f"cannot reach the JobManager at {peer}: {exc}"
+        raise ClusterError(msg) from exc
+    sock.settimeout(None)
+    connection: multiprocessing.connection.Connection[bytes, bytes] = (
+        multiprocessing.connection.Connection(sock.detach())
+    )
+    try:
+        _set_receive_timeout(connection, timeout_s)
+        multiprocessing.connection.answer_challenge(connection, secret)
+        multiprocessing.connection.deliver_challenge(connection, secret)
+        _set_receive_timeout(connection, 0)
+    except (multiprocessing.AuthenticationError, OSError, EOFError) as exc:
+        connection.close()
+        msg = f"the control endpoint at {peer} refused this process's key: {exc}"
+        raise ClusterError(msg) from exc
+    return ControlConnection(connection, peer)
+
+
+class ControlServer:
+    """Accepts control connections; hands each authenticated one to ``on_connection``.
+
+    Each handshake runs in its own thread with a receive timeout, so a silent or
+    hostile peer delays nobody else; a peer that fails it is closed before any message
+    is read from it.
+
+    Args:
+        host: Interface to listen on.
+        port: Port, 0 for a free one.
+        secret: The cluster key.
+        on_connection: Called in the handshake thread with each authenticated
+            connection; it may block for as long as the connection lives.
+        name: Names threads and log lines.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: bytes,
+        on_connection: Callable[[ControlConnection], None],
+        name: str = "jobmanager",
+    ) -> None:
+        self._secret = secret
+        self._on_connection = on_connection
+        self._name = name
+        try:
+            self._socket = socket.create_server((host, port), backlog=64)
+        except OSError as exc:
+            msg = f"cannot listen for control connections on {host}:{port}: {exc}"
+            raise ClusterError(msg) from exc
+        bound = self._socket.getsockname()
+        self.address: tuple[str, int] = (bound[0], bound[1])
+        self._closed = threading.Event()
+        self.refused = 0
+        """Peers refused by the handshake so far."""
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"{name}-control-accept", daemon=True
+        )
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, peer_address = self._socket.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                continue
+            peer = f"{peer_address[0]}:{peer_address[1]}"
+            threading.Thread(
+                target=self._handshake,
+                args=(sock, peer),
+                name=f"{self._name}-control-{peer}",
+                daemon=True,
+            ).start()
+
+    def _handshake(self, sock: socket.socket, peer: str) -> None:
+        sock.settimeout(None)
+        connection: multiprocessing.connection.Connection[bytes, bytes] = (
+            multiprocessing.connection.Connection(sock.detach())
+        )
+        try:
+            _set_receive_timeout(connection, HANDSHAKE_TIMEOUT_S)
+            multiprocessing.connection.deliver_challenge(connection, self._secret)
+            multiprocessing.connection.answer_challenge(connection, self._secret)
+            _set_receive_timeout(connection, 0)
+        except (multiprocessing.AuthenticationError, OSError, EOFError, ValueError) as exc:
+            self.refused += 1
+            log.warning("%s: refused control peer %s: %s", self._name, peer, exc)
+            with contextlib.suppress(OSError):
+                connection.close()
+            return
+        self._on_connection(ControlConnection(connection, peer))
+
+    def close(self) -> None:
+        """Stops accepting; connections already handed out stay open."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        # shutdown() makes a blocked accept() return on Linux; close() alone would not.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,344 @@
+"""Failures: user exceptions, lost TaskManagers, timeouts, Ctrl-C, a dying client.
+
+Whatever happens, the job fails with ``JobExecutionError`` whose cause is the first
+failure, and no process the cluster started is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from cluster_helpers import (
+    WAIT_S,
+    FakeTaskManager,
+    edge,
+    is_alive,
+    job,
+    no_leftover_processes,
+    vertex,
+)
+from penstock.config import Configuration
+from penstock.errors import ClusterError, JobExecutionError, RemoteError
+from penstock.runtime.client import InProcessSession, execute
+from penstock.runtime.control import CancelTask, CollectBatch, JobResult, Shutdown
+from penstock.runtime.job_graph import JobGraph
+from penstock.runtime.jobmanager import JobManager
+from penstock.runtime.minicluster import MiniCluster
+from penstock.runtime.states import ExecutionState
+from penstock.task.operators import MapFactory, SequenceSourceFactory, SinkFactory
+
+__all__ = ["no_leftover_processes"]
+
+pytestmark = pytest.mark.timeout(120)
+
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """Orphaned descendants become this process's children, so a test can wait for them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    yield
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def failing_job(bad: int) -> JobGraph:
+    def check(value: int) -> int:
+        if value == bad:
+            message = f"bad record {value}"
+            raise ValueError(message)
+        return value
+
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 1000)), parallelism=2)
+    mapper = vertex(
+        "m",
+        ("Map", MapFactory(check)),
+        ("Sink: Discard", SinkFactory(lambda x: None)),
+        parallelism=2,
+    )
+    return job("failing", [source, mapper], [edge(source, mapper)])
+
+
+def endless_job() -> JobGraph:
+    source = vertex(
+        "s", ("Source: Sequence Source", SequenceSourceFactory(0, 10**15)), parallelism=2
+    )
+    mapper = vertex(
+        "m",
+        ("Map", MapFactory(lambda x: x)),
+        ("Sink: Discard", SinkFactory(lambda x: None)),
+        parallelism=2,
+    )
+    return job("endless", [source, mapper], [edge(source, mapper)])
+
+
+@pytest.mark.parametrize("target", ["minicluster", "local"])
+def test_a_user_exception_fails_the_job_with_its_remote_traceback(target: str) -> None:
+    with pytest.raises(JobExecutionError) as info:
+        execute(failing_job(13), Configuration({"execution.target": target}))
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteError)
+    assert cause.type_name == "builtins.ValueError"
+    assert cause.message == "bad record 13"
+    assert "in check" in cause.traceback_text
+    assert "raise ValueError(message)" in cause.traceback_text
+    assert "bad record 13" in str(info.value)
+
+
+def test_a_killed_task_manager_fails_the_job_and_leaves_no_process() -> None:
+    cluster = MiniCluster(Configuration(), 2).start()
+    pids = cluster.task_manager_pids
+    try:
+        graph = endless_job()
+        session = InProcessSession(cluster.job_manager, graph)
+        assert cluster.job_manager.wait_until_running(graph.job_id, WAIT_S)
+        os.kill(pids[0], signal.SIGKILL)
+        event = session.next_event(WAIT_S)
+        while isinstance(event, CollectBatch):
+            event = session.next_event(WAIT_S)
+        assert isinstance(event, JobResult)
+        assert isinstance(event.error, ClusterError), repr(event.error)
+        assert "taskmanager-1" in str(event.error)
+        assert "lost" in str(event.error)
+    finally:
+        cluster.close()
+    for pid in pids:
+        assert not is_alive(pid)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+# -- the JobManager's failure handling, with fake TaskManagers --------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        import queue
+
+        self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+
+    def on_collect(self, batch: CollectBatch) -> None:
+        raise AssertionError("no collect sink")
+
+    def on_result(self, result: JobResult) -> None:
+        self.results.put(result)
+
+
+@pytest.fixture
+def job_manager(request: pytest.FixtureRequest) -> Iterator[JobManager]:
+    options = getattr(request, "param", {})
+    manager = JobManager(Configuration(options.get("config", {})), **options.get("kwargs", {}))
+    manager.start()
+    yield manager
+    manager.shutdown()
+
+
+def two_by_two() -> JobGraph:
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 10)), parallelism=2)
+    mapper = vertex("m", ("Map", MapFactory(abs)), parallelism=2)
+    return job("fake", [source, mapper], [edge(source, mapper)])
+
+
+def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: JobManager) -> None:
+    tm = FakeTaskManager(job_manager, "tm", 2, 7000).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tdds = tm.deployments(4)
+    for tdd in tdds:
+        tm.report(tdd, ExecutionState.RUNNING)
+    tm.report(tdds[2], ExecutionState.FAILED, KeyError("first"))
+    cancelled = {tm.next_of(CancelTask).execution_id for _ in range(3)}  # type: ignore[union-attr]
+    assert cancelled == {tdd.execution_id for tdd in tdds} - {tdds[2].execution_id}
+    # A later failure while cancelling does not replace the first.
+    tm.report(tdds[0], ExecutionState.FAILED, RuntimeError("second"))
+    tm.report(tdds[1], ExecutionState.CANCELED)
+    assert recorder.results.empty()
+    tm.report(tdds[3], ExecutionState.CANCELED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert isinstance(result.error, RemoteError)
+    assert result.error.type_name == "builtins.KeyError"
+    assert not result.cancelled
+
+
+@pytest.mark.parametrize(
+    "job_manager", [{"config": {"heartbeat.timeout": "300 ms"}}], indirect=True
+)
+def test_a_silent_task_manager_is_lost_after_the_heartbeat_timeout(job_manager: JobManager) -> None:
+    tm = FakeTaskManager(job_manager, "silent", 2, 7001).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tm.deployments(4)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert isinstance(result.error, ClusterError)
+    assert "heartbeat timed out after 300 ms" in str(result.error)
+    assert tm.closed
+
+
+@pytest.mark.parametrize(
+    "job_manager", [{"kwargs": {"slot_request_timeout_s": 0.2}}], indirect=True
+)
+def test_too_few_slots_fail_the_job_after_the_timeout(job_manager: JobManager) -> None:
+    FakeTaskManager(job_manager, "small", 1, 7002).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert isinstance(result.error, ClusterError)
+    assert "needs 2 slots" in str(result.error)
+    assert "1 free slots" in str(result.error)
+
+
+def test_a_waiting_job_starts_when_a_task_manager_registers(job_manager: JobManager) -> None:
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tm = FakeTaskManager(job_manager, "late", 2, 7003).register()
+    tdds = tm.deployments(4)
+    for tdd in tdds:
+        tm.report(tdd, ExecutionState.FINISHED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert result.error is None
+
+
+@pytest.mark.parametrize("job_manager", [{"kwargs": {"cancel_timeout_s": 0.2}}], indirect=True)
+def test_tasks_that_never_stop_do_not_hold_the_job_forever(job_manager: JobManager) -> None:
+    tm = FakeTaskManager(job_manager, "stuck", 2, 7004).register()
+    recorder = Recorder()
+    graph = two_by_two()
+    job_manager.submit(graph, recorder)
+    tm.deployments(4)
+    job_manager.cancel_job(graph.job_id)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert result.cancelled
+    assert result.error is None
+
+
+def test_shutdown_tells_task_managers_to_exit() -> None:
+    manager = JobManager()
+    manager.start()
+    tm = FakeTaskManager(manager, "tm", 1, 7005).register()
+    assert manager.wait_for_task_managers(1, WAIT_S)
+    manager.shutdown()
+    assert isinstance(tm.next_of(Shutdown), Shutdown)
+    assert tm.closed
+
+
+# -- Ctrl-C and a dying client, in a client process of their own ------------------------
+
+_CLIENT: Final = textwrap.dedent(
+    """
+    import os, sys
+    from penstock.config import Configuration
+    from penstock.ids import IntermediateDataSetID, JobID, JobVertexID
+    from penstock.runtime.client import execute
+    from penstock.runtime.job_graph import (
+        JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerSpec,
+    )
+    from penstock.runtime.minicluster import MiniCluster
+    from penstock.serialization.types import GenericSerializer
+    from penstock.task.operators import SequenceSourceFactory, SinkFactory
+
+    announced = []
+
+    def announce(value):
+        if not announced:
+            announced.append(True)
+            print("TM", os.getpid(), flush=True)
+        return value
+
+    def make(name, factory, p):
+        return JobVertex(JobVertexID.generate(), name, (OperatorSpec(name, factory, 0),), p)
+
+    source = make("Source: Sequence Source", SequenceSourceFactory(0, 10**15), 2)
+    sink = make("Sink", SinkFactory(announce), 2)
+    graph = JobGraph(
+        JobID.generate(), "endless", (source, sink),
+        (JobEdge(source.id, sink.id, PartitionerSpec("rebalance"),
+                 IntermediateDataSetID.generate(), GenericSerializer()),),
+    )
+    if sys.argv[1] == "execute":
+        try:
+            execute(graph, Configuration())
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+    else:
+        cluster = MiniCluster(Configuration(), 2).start()
+        for pid in cluster.task_manager_pids:
+            print("TM", pid, flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+def start_client(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], list[int]]:
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT)
+    client = subprocess.Popen(
+        [sys.executable, str(script), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    pids: list[int] = []
+    while len(pids) < 2:
+        line = client.stdout.readline()
+        assert line.startswith("TM "), line
+        pids.append(int(line.split()[1]))
+    return client, pids
+
+
+def test_ctrl_c_cancels_the_job_and_leaves_no_process(tmp_path: Path, subreaper: None) -> None:
+    client, pids = start_client(tmp_path, "execute")
+    assert len(set(pids)) == 2
+    client.send_signal(signal.SIGINT)
+    out, _ = client.communicate(timeout=WAIT_S)
+    assert client.returncode == 130
+    assert "interrupted" in out
+    for pid in pids:
+        # An orphaned TaskManager would now be our child and keep running.
+        assert not is_alive(pid)
+
+
+def test_task_managers_exit_when_their_client_dies(tmp_path: Path, subreaper: None) -> None:
+    client, pids = start_client(tmp_path, "cluster")
+    client.kill()
+    client.wait()
+    assert client.stdout is not None and client.stdin is not None
+    client.stdout.close()
+    client.stdin.close()
+    for pid in pids:
+        # Orphans are reparented to this process (the subreaper), so wait for each.
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status)
+
+
+def test_a_lost_task_manager_is_the_root_cause_over_its_symptoms(
+    job_manager: JobManager,
+) -> None:
+    from penstock.errors import RemoteTransportError
+
+    first = FakeTaskManager(job_manager, "first", 1, 7006).register()
+    second = FakeTaskManager(job_manager, "second", 1, 7007).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tdds = first.deployments(2)
+    second.deployments(2)
+    # A consumer notices the broken data connection before the control connection breaks.
+    symptom = RemoteTransportError("Connection unexpectedly closed", "127.0.0.1:7007")
+    first.report(tdds[1], ExecutionState.FAILED, symptom)
+    job_manager.task_manager_lost("second", "the control connection was closed")
+    first.report(tdds[0], ExecutionState.CANCELED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert isinstance(result.error, ClusterError)
+    assert "second" in str(result.error)

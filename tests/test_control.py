@@ -1,0 +1,212 @@
+"""The control channel: authentication before any message, message round trips, keys."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster_helpers import WAIT_S, no_leftover_processes
+from penstock.errors import ClusterError, ConfigurationError, RemoteError
+from penstock.ids import ExecutionAttemptID, JobID
+from penstock.runtime.control import (
+    SECRET_ENV,
+    CollectBatch,
+    ControlConnection,
+    ControlMessage,
+    ControlServer,
+    Heartbeat,
+    JobResult,
+    RegisterTaskManager,
+    TaskStateChanged,
+    connect,
+    load_secret,
+    new_secret,
+    parse_address,
+    read_secret_file,
+    write_secret_file,
+)
+from penstock.runtime.states import ExecutionState
+
+__all__ = ["no_leftover_processes"]
+
+
+class Echo:
+    """A server whose connections echo every message back, with its accepted peers."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.accepted: queue.SimpleQueue[ControlConnection] = queue.SimpleQueue()
+        self.server = ControlServer("127.0.0.1", 0, secret, self._serve, "test")
+
+    def _serve(self, connection: ControlConnection) -> None:
+        self.accepted.put(connection)
+        try:
+            while True:
+                connection.send(connection.recv())
+        except (EOFError, ClusterError):
+            connection.close()
+
+
+@pytest.fixture
+def secret() -> bytes:
+    return new_secret()
+
+
+@pytest.fixture
+def echo(secret: bytes) -> Iterator[Echo]:
+    server = Echo(secret)
+    yield server
+    server.server.close()
+
+
+def test_messages_round_trip_with_functions_inside(echo: Echo, secret: bytes) -> None:
+    connection = connect(echo.server.address, secret)
+    try:
+        execution_id = ExecutionAttemptID.generate()
+        messages: list[ControlMessage] = [
+            RegisterTaskManager("tm-1", ("127.0.0.1", 4242), 2, 123),
+            TaskStateChanged(execution_id, ExecutionState.FINISHED, None, {"numRecordsIn": 3.0}),
+            Heartbeat("tm-1", {execution_id: {"numRecordsOut": 7.0}}),
+            CollectBatch(JobID.generate(), execution_id, 1, [1, "two", (3, 4.0)]),
+        ]
+        for message in messages:
+            connection.send(message)
+            assert connection.recv() == message
+        # User functions travel inside messages (cloudpickle), e.g. in job graphs.
+        offset = 5
+        with_lambda = CollectBatch(JobID.generate(), execution_id, 2, [lambda x: x + offset])
+        connection.send(with_lambda)
+        back = connection.recv()
+        assert isinstance(back, CollectBatch)
+        function = back.records[0]
+        assert callable(function)
+        assert function(1) == 6
+    finally:
+        connection.close()
+
+
+def test_errors_survive_the_channel(echo: Echo, secret: bytes) -> None:
+    connection = connect(echo.server.address, secret)
+    try:
+        try:
+            raise KeyError("missing")
+        except KeyError as exc:
+            error = RemoteError.from_exception(exc)
+        result = JobResult(JobID.generate(), "job", 12, {"Map (1/1)": {"numRecordsIn": 1.0}}, error)
+        connection.send(result)
+        back = connection.recv()
+        assert isinstance(back, JobResult)
+        assert isinstance(back.error, RemoteError)
+        assert back.error.type_name == "builtins.KeyError"
+        assert "raise KeyError" in back.error.traceback_text
+    finally:
+        connection.close()
+
+
+def test_a_wrong_key_is_refused_and_the_server_keeps_serving(echo: Echo, secret: bytes) -> None:
+    with pytest.raises(ClusterError, match="refused"):
+        connect(echo.server.address, new_secret())
+    assert echo.accepted.empty()
+    connection = connect(echo.server.address, secret)
+    try:
+        connection.send(Heartbeat("tm"))
+        assert connection.recv() == Heartbeat("tm")
+    finally:
+        connection.close()
+    assert echo.server.refused == 1
+
+
+def test_a_raw_peer_is_refused_before_any_message_is_read(echo: Echo, secret: bytes) -> None:
+    with socket.create_connection(echo.server.address, timeout=WAIT_S) as raw:
+        # The server speaks first: its challenge. Answering with a pickled message
+        # instead of the digest must get the connection closed, unread.
+        challenge = raw.recv(1024)
+        assert b"#CHALLENGE#" in challenge
+        raw.sendall(len(b"hello").to_bytes(4, "big") + b"hello")
+        rest = b""
+        while chunk := raw.recv(1024):
+            rest += chunk
+        assert b"#FAILURE#" in rest
+    assert echo.accepted.empty()
+    assert echo.server.refused == 1
+    connection = connect(echo.server.address, secret)
+    connection.close()
+
+
+def test_a_silent_peer_does_not_block_others(echo: Echo, secret: bytes) -> None:
+    with socket.create_connection(echo.server.address, timeout=WAIT_S):
+        # This peer never answers the challenge; others are served meanwhile.
+        connection = connect(echo.server.address, secret)
+        try:
+            connection.send(Heartbeat("other"))
+            assert connection.recv() == Heartbeat("other")
+        finally:
+            connection.close()
+
+
+def test_connecting_to_nobody_is_a_cluster_error(secret: bytes) -> None:
+    server = ControlServer("127.0.0.1", 0, secret, lambda connection: None)
+    address = server.address
+    server.close()
+    with pytest.raises(ClusterError, match="cannot reach"):
+        connect(address, secret, timeout_s=5)
+
+
+def test_close_wakes_a_blocked_reader(echo: Echo, secret: bytes) -> None:
+    connection = connect(echo.server.address, secret)
+    served = echo.accepted.get(timeout=WAIT_S)
+    served.close()
+    with pytest.raises(EOFError):
+        connection.recv()
+    connection.close()
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def test_new_secrets_are_random_text() -> None:
+    first, second = new_secret(), new_secret()
+    assert first != second
+    assert len(first) == 64
+    int(first, 16)
+
+
+def test_secret_file_is_created_private_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    created = load_secret(path, create=True)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert read_secret_file(path) == created
+    assert load_secret(path, create=True) == created
+    with pytest.raises(ConfigurationError, match="secret-file"):
+        write_secret_file(path)
+
+
+def test_secret_from_environment_or_a_clear_error(tmp_path: Path) -> None:
+    assert load_secret(environ={SECRET_ENV: " abc \n"}) == b"abc"
+    with pytest.raises(ConfigurationError, match=SECRET_ENV):
+        load_secret(environ={})
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigurationError, match="empty"):
+        load_secret(empty)
+    with pytest.raises(ConfigurationError, match="secret-file"):
+        load_secret(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("localhost:6123", ("localhost", 6123)), ("[::1]:80", ("::1", 80))],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["localhost", ":80", "host:0", "host:x", "host:70000"])
+def test_parse_address_rejects_bad_input(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="HOST:PORT"):
+        parse_address(text)

@@ -1,0 +1,375 @@
+"""Scheduling with slot sharing, and jobs run on every execution target.
+
+Jobs are hand-built JobGraphs of the task layer's operator factories. Functions inside
+them are lambdas, which cloudpickle ships by value to the TaskManager processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cluster_helpers import (
+    WAIT_S,
+    FakeTaskManager,
+    edge,
+    job,
+    no_leftover_processes,
+    vertex,
+)
+from penstock.config import Configuration
+from penstock.errors import IllegalStateError
+from penstock.runtime.client import execute, execute_and_collect
+from penstock.runtime.control import SECRET_ENV, JobResult, new_secret
+from penstock.runtime.job_graph import JobGraph
+from penstock.runtime.jobmanager import JobManager, plan_slots, required_slots
+from penstock.runtime.minicluster import MiniCluster, task_managers_for
+from penstock.runtime.states import ExecutionState
+from penstock.task.operators import (
+    CollectSinkFactory,
+    MapFactory,
+    SequenceSourceFactory,
+    SinkFactory,
+)
+
+__all__ = ["no_leftover_processes"]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def doubling_job(count: int = 1000, parallelism: int = 2) -> JobGraph:
+    """source(p) → rebalance → map ×2 → collect sink."""
+    source = vertex(
+        "source",
+        ("Source: Sequence Source", SequenceSourceFactory(1, count)),
+        parallelism=parallelism,
+    )
+    mapper = vertex(
+        "map",
+        ("Map", MapFactory(lambda x: x * 2)),
+        ("Sink: Collect", CollectSinkFactory()),
+        parallelism=parallelism,
+    )
+    return job("doubling", [source, mapper], [edge(source, mapper)])
+
+
+def pid_job(count: int) -> JobGraph:
+    """source(2) → rebalance → map to (pid, value) → collect: shows where maps ran."""
+    source = vertex(
+        "source", ("Source: Sequence Source", SequenceSourceFactory(1, count)), parallelism=2
+    )
+    mapper = vertex(
+        "map",
+        ("Map", MapFactory(lambda x: (__import__("os").getpid(), x))),
+        ("Sink: Collect", CollectSinkFactory()),
+        parallelism=2,
+    )
+    return job("pids", [source, mapper], [edge(source, mapper)])
+
+
+# -- slot sharing ---------------------------------------------------------------------
+
+
+def grouped_job(shape: list[tuple[str, int]]) -> JobGraph:
+    vertices = [
+        vertex(f"v{index}", (f"Map {index}", MapFactory(abs)), parallelism=p, group=group)
+        for index, (group, p) in enumerate(shape)
+    ]
+    return job("grouped", vertices)
+
+
+@given(
+    shape=st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), min_size=1, max_size=5),
+    free=st.lists(st.integers(0, 4), min_size=1, max_size=4),
+)
+def test_plan_slots_honours_slot_sharing(shape: list[tuple[str, int]], free: list[int]) -> None:
+    graph = grouped_job(shape)
+    slots = {f"tm{index}": count for index, count in enumerate(free)}
+    plan = plan_slots(graph, slots)
+    needed = sum(max(p for g, p in shape if g == group) for group in {g for g, _ in shape})
+    assert required_slots(graph) == needed
+    if needed > sum(free):
+        assert plan is None
+        return
+    assert plan is not None
+    assert len(plan) == sum(p for _, p in shape)
+    used = set(plan.values())
+    assert len(used) == needed
+    # No TaskManager gives more slots than it has.
+    per_tm = Counter(slot.tm_id for slot in used)
+    assert all(per_tm[tm_id] <= slots[tm_id] for tm_id in per_tm)
+    # A slot holds at most one subtask per vertex, and only subtasks of one group.
+    groups_in_slot: dict[object, set[str]] = {}
+    for (position, _), slot in plan.items():
+        groups_in_slot.setdefault(slot, set()).add(graph.vertices[position].slot_sharing_group)
+    assert all(len(groups) == 1 for groups in groups_in_slot.values())
+    for position, v in enumerate(graph.vertices):
+        assert len({plan[position, i] for i in range(v.parallelism)}) == v.parallelism
+
+
+def test_subtask_i_of_every_vertex_shares_slot_i() -> None:
+    graph = grouped_job([("default", 2), ("default", 2), ("other", 1)])
+    plan = plan_slots(graph, {"tm1": 2, "tm2": 2})
+    assert plan is not None
+    assert plan[0, 0] == plan[1, 0]
+    assert plan[0, 1] == plan[1, 1]
+    assert plan[2, 0] not in {plan[0, 0], plan[0, 1]}
+    assert plan_slots(graph, {"tm1": 2}) is None
+
+
+def test_job_manager_deploys_by_slot_sharing_group() -> None:
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 10)), parallelism=2)
+    mapper = vertex("m", ("Map", MapFactory(abs)), parallelism=2)
+    sink = vertex("k", ("Sink: Sink", SinkFactory(print)), parallelism=1, group="sinks")
+    graph = job("groups", [source, mapper, sink], [edge(source, mapper), edge(mapper, sink)])
+    job_manager = JobManager()
+    job_manager.start()
+    try:
+        tms = [FakeTaskManager(job_manager, f"tm{i}", 1, 6000 + i).register() for i in range(3)]
+        results: list[JobResult] = []
+
+        class Listener:
+            def on_collect(self, batch: object) -> None:
+                raise AssertionError("no collect sink")
+
+            def on_result(self, result: JobResult) -> None:
+                results.append(result)
+
+        job_manager.submit(graph, Listener())
+        placed: dict[str, list[str]] = {}
+        deployed = []
+        for tm in tms:
+            for tdd in tm.deployments(1 if tm is tms[2] else 2):
+                placed.setdefault(tm.registration.tm_id, []).append(tdd.task_name)
+                deployed.append((tm, tdd))
+        names = sorted(sorted(names) for names in placed.values())
+        assert names == [
+            ["Map (1/2)", "Source: Sequence Source (1/2)"],
+            ["Map (2/2)", "Source: Sequence Source (2/2)"],
+            ["Sink: Sink (1/1)"],
+        ]
+        # Each consumer reads the producer at its TaskManager's data address.
+        sink_tdd = next(tdd for _, tdd in deployed if tdd.task_name.startswith("Sink"))
+        addresses = {
+            d.producer_address for d in sink_tdd.consumed[0].descriptor.shuffle_descriptors
+        }
+        assert addresses == {("127.0.0.1", 6000), ("127.0.0.1", 6001)}
+        with pytest.raises(IllegalStateError, match="submitted already"):
+            job_manager.submit(graph, Listener())
+        for tm, tdd in deployed:
+            tm.report(tdd, ExecutionState.RUNNING)
+        assert job_manager.wait_until_running(graph.job_id, WAIT_S)
+        for tm, tdd in deployed:
+            tm.report(tdd, ExecutionState.FINISHED)
+        assert job_manager.wait_for_task_managers(3, WAIT_S)
+    finally:
+        job_manager.shutdown()
+    assert len(results) == 1
+    result = results[0]
+    assert result.error is None
+    assert not result.cancelled
+    assert set(result.metrics) == {tdd.task_name for _, tdd in deployed}
+
+
+def test_task_manager_count_follows_slots() -> None:
+    graph = doubling_job(parallelism=3)
+    assert task_managers_for(graph, Configuration()) == 3
+    assert task_managers_for(graph, Configuration({"taskmanager.numberOfTaskSlots": 2})) == 2
+    configured = Configuration({"minicluster.number-of-taskmanagers": 5})
+    assert task_managers_for(graph, configured) == 5
+
+
+# -- running jobs ---------------------------------------------------------------------
+
+
+def test_two_task_managers_run_a_rebalanced_job_exactly() -> None:
+    records = cast(list[tuple[int, int]], list(execute_and_collect(pid_job(2000), Configuration())))
+    assert sorted(value for _, value in records) == list(range(1, 2001))
+    pids = {pid for pid, _ in records}
+    # Two TaskManager processes, neither of them this one: data crossed loopback TCP.
+    assert len(pids) == 2
+    assert os.getpid() not in pids
+
+
+def test_minicluster_execute_returns_the_result_with_metrics() -> None:
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 500)), parallelism=2)
+    mapper = vertex(
+        "m",
+        ("Map", MapFactory(lambda x: x + 1)),
+        ("Sink: Discard", SinkFactory(lambda x: None)),
+        parallelism=2,
+    )
+    graph = job("metrics", [source, mapper], [edge(source, mapper)])
+    result = execute(graph, Configuration())
+    assert result.get_job_id() == graph.job_id
+    assert result.job_name == "metrics"
+    assert result.get_net_runtime() >= 0
+    metrics = result.get_metrics()
+    assert set(metrics) == {
+        "Source: Sequence Source (1/2)",
+        "Source: Sequence Source (2/2)",
+        "Map -> Sink: Discard (1/2)",
+        "Map -> Sink: Discard (2/2)",
+    }
+    sources = [m for name, m in metrics.items() if name.startswith("Source")]
+    sinks = [m for name, m in metrics.items() if name.startswith("Map")]
+    assert sum(m["numRecordsOut"] for m in sources) == 500
+    assert sum(m["numRecordsIn"] for m in sinks) == 500
+
+
+def test_local_target_runs_in_process() -> None:
+    config = Configuration({"execution.target": "local"})
+    records = cast(list[tuple[int, int]], list(execute_and_collect(pid_job(1000), config)))
+    assert sorted(value for _, value in records) == list(range(1, 1001))
+    assert {pid for pid, _ in records} == {os.getpid()}
+    result = execute(doubling_job(100), config)
+    assert "Map -> Sink: Collect (2/2)" in result.get_metrics()
+
+
+def test_collect_limit_and_close_cancel_the_job() -> None:
+    config = Configuration({"execution.target": "local"})
+    endless = doubling_job(count=10**12)
+    assert len(list(execute_and_collect(endless, config, limit=25))) == 25
+    iterator = execute_and_collect(doubling_job(count=10**12), config)
+    first = [next(iterator) for _ in range(3)]
+    assert all(isinstance(value, int) and value % 2 == 0 for value in first)
+    assert isinstance(iterator, Generator)
+    iterator.close()
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+def test_collect_on_minicluster_stops_with_limit() -> None:
+    records = list(execute_and_collect(doubling_job(count=10**12), Configuration(), limit=100))
+    assert len(records) == 100
+
+
+def test_a_minicluster_shuts_its_processes_down() -> None:
+    with MiniCluster(Configuration({"taskmanager.numberOfTaskSlots": 2}), 2) as cluster:
+        pids = cluster.task_manager_pids
+        assert len(pids) == 2
+        assert cluster.job_manager.num_task_managers == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+# -- remote -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def remote_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A ``penstock jobmanager`` and a ``penstock taskmanager`` (2 slots), as processes."""
+    secret_file = tmp_path / "secret"
+    command = [sys.executable, "-m", "penstock"]
+    jobmanager = subprocess.Popen(
+        [
+            *command,
+            "jobmanager",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--secret-file",
+            str(secret_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    taskmanager: subprocess.Popen[bytes] | None = None
+    try:
+        assert jobmanager.stdout is not None
+        line = jobmanager.stdout.readline()
+        assert line.startswith("JobManager listening on "), line
+        address = line.split()[-1]
+        taskmanager = subprocess.Popen(
+            [
+                *command,
+                "taskmanager",
+                "--jobmanager",
+                address,
+                "--slots",
+                "2",
+                "--secret-file",
+                str(secret_file),
+            ]
+        )
+        yield address, secret_file
+    finally:
+        jobmanager.terminate()
+        assert jobmanager.wait(timeout=WAIT_S) == 0
+        if jobmanager.stdout is not None:
+            jobmanager.stdout.close()
+        if taskmanager is not None:
+            # The JobManager's shutdown tells its TaskManagers to exit.
+            assert taskmanager.wait(timeout=WAIT_S) == 0
+
+
+def test_remote_target_runs_on_a_cluster_started_by_hand(
+    remote_cluster: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, secret_file = remote_cluster
+    host, port = address.rsplit(":", 1)
+    config = Configuration(
+        {"execution.target": "remote", "jobmanager.rpc.address": host, "jobmanager.rpc.port": port}
+    )
+    monkeypatch.setenv(SECRET_ENV, secret_file.read_text().strip())
+    # The job waits for the TaskManager to register, however late it is.
+    records = cast(list[int], list(execute_and_collect(doubling_job(300), config)))
+    assert sorted(records) == [2 * value for value in range(1, 301)]
+    result = execute(doubling_job(50), config)
+    assert len(result.get_metrics()) == 4
+    monkeypatch.setenv(SECRET_ENV, new_secret().decode())
+    from penstock.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="refused"):
+        execute(doubling_job(50), config)
+
+
+# -- collect backpressure ----------------------------------------------------------------
+
+
+def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged() -> None:
+    import queue
+    import threading
+
+    from penstock.errors import TaskCancelledError
+    from penstock.ids import ExecutionAttemptID, JobID
+    from penstock.runtime.control import CollectBatch, ControlMessage
+    from penstock.runtime.taskmanager import _CollectChannel
+
+    sent: queue.SimpleQueue[ControlMessage] = queue.SimpleQueue()
+    channel = _CollectChannel(JobID.generate(), ExecutionAttemptID.generate(), sent.put, 2)
+    channel([1])
+    channel([2])
+    errors: list[BaseException] = []
+
+    def third() -> None:
+        try:
+            channel([3])
+        except TaskCancelledError as exc:
+            errors.append(exc)
+
+    blocked = threading.Thread(target=third)
+    blocked.start()
+    blocked.join(timeout=0.2)
+    assert blocked.is_alive()  # two batches in flight: the third waits for the client
+    channel.ack()
+    blocked.join(timeout=WAIT_S)
+    assert not blocked.is_alive()
+    batches = [sent.get(timeout=WAIT_S) for _ in range(3)]
+    assert [b.seq for b in batches if isinstance(b, CollectBatch)] == [1, 2, 3]
+    waiting = threading.Thread(target=third)
+    waiting.start()
+    channel.cancel()  # a cancelled task's sink stops waiting
+    waiting.join(timeout=WAIT_S)
+    assert len(errors) == 1
