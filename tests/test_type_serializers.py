@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import struct
 import threading
 from collections import namedtuple
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import TypeVar
 
+import cloudpickle
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -485,3 +487,25 @@ def test_variable_frames_truncated_or_negative(serializer: TypeSerializer[object
 )
 def test_serializer_for(hint: object, expected: type) -> None:
     assert type(serializer_for(hint)) is expected
+
+
+@pytest.mark.parametrize(
+    ("serializer", "records"),
+    [
+        (IntSerializer(), [0, -1, 2**63 - 1]),
+        (FloatSerializer(), [0.5, -2.0]),
+        (StructSerializer(">iiq"), [(1, 2, 3), (-1, 0, 2**40)]),
+        (BytesSerializer(), [b"", b"abc"]),
+        (StrSerializer(), ["", "wörd"]),
+        (PickleSerializer(), [{"a": 1}, None]),
+        (GenericSerializer(), [("w", 1), 3.5, None]),
+    ],
+)
+def test_every_serializer_pickles_as_job_graphs_need(
+    serializer: TypeSerializer[object], records: list[object]
+) -> None:
+    # Serializers travel inside job graphs to TaskManager processes.
+    copy = pickle.loads(cloudpickle.dumps(serializer))
+    framed = serializer.serialize_frames(records)
+    assert copy.serialize_frames(records) == framed
+    assert copy.deserialize_frames(memoryview(framed)) == records

@@ -186,6 +186,7 @@ class FixedSizeSerializer(Generic[T]):
 
     __slots__ = (
         "_field_count",
+        "_fmt",
         "_frame_dtype",
         "_frames",
         "_scalar",
@@ -198,6 +199,7 @@ class FixedSizeSerializer(Generic[T]):
 
     def __init__(self, name: str, fmt: str, *, scalar: bool) -> None:
         body = _normalize_format(fmt)
+        self._fmt = fmt
         self.name = name
         self.payload_struct = struct.Struct(">" + body)
         self.frame_struct = struct.Struct(">i" + body)
@@ -223,6 +225,11 @@ class FixedSizeSerializer(Generic[T]):
                     "itemsize": self.frame_struct.size,
                 }
             )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Structs do not pickle; a serializer travels (inside job graphs) as the
+        # arguments that rebuild it.
+        return (_rebuild_fixed_size, (type(self), self.name, self._fmt, self._scalar))
 
     @property
     def is_scalar(self) -> bool:
@@ -333,6 +340,14 @@ class FixedSizeSerializer(Generic[T]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.payload_struct.format!r})"
+
+
+def _rebuild_fixed_size(
+    kind: type[FixedSizeSerializer[object]], name: str, fmt: str, scalar: bool
+) -> FixedSizeSerializer[object]:
+    serializer = kind.__new__(kind)
+    FixedSizeSerializer.__init__(serializer, name, fmt, scalar=scalar)
+    return serializer
 
 
 class IntSerializer(FixedSizeSerializer[int]):
