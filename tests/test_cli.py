@@ -1,42 +1,34 @@
-"""The ``penstock`` command line and the word-count demo behind ``penstock run``."""
+"""The ``penstock`` command line: run (its view, examples, job files, Ctrl-C) and bench."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable
-from functools import partial
-from itertools import chain, count
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from penstock import __version__, demo
+from cluster_helpers import WAIT_S, child_pids, is_alive
+from penstock import __version__
 from penstock.cli import main
 from penstock.cli._output import Column, plain_table
-from penstock.demo import (
-    VOCABULARY,
-    DemoResult,
-    DemoSnapshot,
-    back_pressure_level,
-    generate_words,
-    run_demo,
-)
+from penstock.cli.job_view import JobView, VertexTracker, back_pressure_level, vertex_name
+from penstock.examples import EXAMPLES, load_example
+from penstock.ids import JobID
+from penstock.runtime.client import observe_jobs
+from penstock.runtime.control import JobMetricsUpdate
 
-
-def fake_clock(step: float = 0.5) -> Callable[[], float]:
-    """A clock that advances ``step`` seconds each time it is read."""
-    return partial(next, count(0.0, step))
-
-
-def small_demo(records: int) -> Callable[..., DemoResult]:
-    """``run_demo`` cut down to ``records`` records, for the command's own path."""
-    return partial(run_demo, records, slow_records_per_s=records * 10.0)
+REPO: Final = Path(__file__).parent.parent
+FIRST_JOB: Final = REPO / "examples" / "first_job.py"
+LOCAL: Final = ("-D", "execution.target=local")
 
 
 # -- the command ---------------------------------------------------------------------
@@ -120,7 +112,7 @@ def test_bench_emit_styles_exclude_each_other(capsys: pytest.CaptureFixture[str]
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-# -- run -------------------------------------------------------------------------------
+# -- run: usage errors, found before anything starts ------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -129,207 +121,247 @@ def test_bench_emit_styles_exclude_each_other(capsys: pytest.CaptureFixture[str]
         ("taskmanager.memory.segmentsize=32kb", "taskmanager.memory.segmentsize"),
         ("taskmanager.memory.segment-size=3kb", "taskmanager.memory.segment-size"),
         ("execution.buffer-timeout=soon", "execution.buffer-timeout"),
+        ("execution.target=cloud", "execution.target"),
         ("parallelism.default", "parallelism.default"),
     ],
 )
-def test_run_with_a_bad_dynamic_property_exits_2(
+def test_run_with_a_bad_dynamic_property_exits_2_before_anything_starts(
     prop: str, named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = child_pids()
     assert main(["run", "-D", prop]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("penstock run: error: ")
     assert named in captured.err
     assert "Traceback" not in captured.err
     assert captured.out == ""
+    assert child_pids() == before
 
 
 def test_run_with_contradicting_network_memory_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    before = child_pids()
     status = main(["run", "-D", "taskmanager.memory.network.min=2gb"])
 
     assert status == 2
     err = capsys.readouterr().err
     assert "taskmanager.memory.network.min" in err
     assert "must not exceed taskmanager.memory.network.max" in err
+    assert child_pids() == before
 
 
-def test_run_job_file_needs_the_runtime(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "job.py"]) == 2
-    captured = capsys.readouterr()
-    assert "job file job.py needs the penstock runtime" in captured.err
-    assert "not include yet" in captured.err
-    assert captured.out == ""
+def test_run_unknown_example_lists_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--example", "pagerank"]) == 2
+    err = capsys.readouterr().err
+    assert "no example named 'pagerank'" in err
+    assert "word_count, slow_sink, broadcast" in err
 
 
-def test_run_example_needs_the_runtime(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--example", "wordcount"]) == 2
-    assert "example 'wordcount' needs the penstock runtime" in capsys.readouterr().err
+def test_run_missing_job_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "job.py"
+    assert main(["run", str(missing)]) == 2
+    assert f"no such job file: {missing}" in capsys.readouterr().err
 
 
 def test_run_job_file_and_example_exclude_each_other(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["run", "job.py", "--example", "wordcount"]) == 2
+    assert main(["run", "job.py", "--example", "word_count"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_run_demo_prints_a_summary(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(demo, "run_demo", small_demo(30_000))
+def test_every_example_loads_by_either_spelling() -> None:
+    for name in EXAMPLES:
+        module = load_example(name.replace("_", "-"))
+        assert callable(module.build)
+        assert callable(module.main)
+        assert module.JOB_NAME
 
-    assert main(["run"]) == 0
+
+# -- run: jobs ----------------------------------------------------------------------------
+
+
+def summary_rows(out: str) -> dict[str, list[str]]:
+    """The plain summary table's rows by vertex name (cells split on two spaces)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("vertex "))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 2 :]:
+        cells = [cell.strip() for cell in line.split("  ") if cell.strip()]
+        if len(cells) < 6:
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.cluster
+def test_run_first_job_file_prints_its_records_and_a_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", str(FIRST_JOB)]) == 0
 
     out = capsys.readouterr().out
     assert "\x1b[" not in out
-    summary = dict(
-        line.split("  ", 1) for line in out.splitlines() if line.startswith(("records", "segm"))
+    printed = [line.split() for line in out.splitlines() if len(line.split()) == 2]
+    final = {word: int(count) for word, count in printed}
+    assert final == {
+        "to": 2,
+        "be": 2,
+        "or": 1,
+        "not": 1,
+        "that": 1,
+        "is": 1,
+        "the": 1,
+        "question": 1,
+    }
+    assert "Job 'first job' (" in out and ") FINISHED after " in out
+    rows = summary_rows(out)
+    assert rows["Source: Collection Source"][:3] == ["1", "0", "2"]
+    assert rows["Keyed Aggregation"][:3] == ["2", "10", "10"]
+
+
+def test_run_example_applies_dynamic_properties(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--example", "broadcast", *LOCAL]) == 0
+
+    out = capsys.readouterr().out
+    assert out.count("got 1,000 rules (7,893 characters)") == 3
+    rows = summary_rows(out)
+    assert rows["Source: Collection Source"][:3] == ["1", "0", "1,000"]
+    assert rows["Map -> Sink: Count Per Subtask"][:3] == ["3", "3,000", "0"]
+
+
+def test_run_failed_job_exits_1_with_the_remote_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "failing.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "def check(n):\n"
+        "    if n == 7:\n"
+        "        raise ValueError(f'bad record {n}')\n"
+        "    return n\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 10).map(check).add_sink(lambda n: None)\n"
+        "env.execute('failing')\n",
+        encoding="utf-8",
     )
-    assert summary["records"].strip() == "30,000"
-    # 64 mb of network memory in 32 kb segments, all back after the run.
-    assert summary["segments back in the pool"].strip() == "2048 / 2048 (all)"
+
+    assert main(["run", str(job_file), *LOCAL]) == 1
+
+    captured = capsys.readouterr()
+    assert "penstock run: JobExecutionError: Job 'failing'" in captured.err
+    assert "Caused by builtins.ValueError: bad record 7" in captured.err
+    assert "in check" in captured.err  # the remote traceback text
+    assert "FAILED after" in captured.out
 
 
-def test_run_demo_takes_network_settings_from_dynamic_properties(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(demo, "run_demo", small_demo(20_000))
-
-    assert main(["run", "-D", "taskmanager.memory.segment-size=4kb"]) == 0
-
-    assert "16384 / 16384 (all)" in capsys.readouterr().out
-
-
-def test_log_lines_name_process_pid_and_thread(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(demo, "run_demo", small_demo(10_000))
+def test_log_lines_name_process_pid_and_thread(capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
 
-    assert main(["--log-level", "info", "run"]) == 0
+    assert main(["--log-level", "info", "run", "--example", "broadcast", *LOCAL]) == 0
 
     err = capsys.readouterr().err
-    started = next(line for line in err.splitlines() if "Word count demo:" in line)
-    assert " INFO " in started
-    assert f"MainProcess[{os.getpid()}] MainThread penstock.demo:" in started
+    submitted = next(line for line in err.splitlines() if "job 'broadcast' submitted" in line)
+    assert " INFO " in submitted
+    assert f"MainProcess[{os.getpid()}] local-jm-main penstock.runtime.jobmanager:" in submitted
     # main leaves logging as it found it.
     assert root.handlers == handlers
     assert root.level == level
 
 
-def test_ctrl_c_exits_130_without_traceback(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def interrupted(**_: object) -> DemoResult:
-        raise KeyboardInterrupt
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_slow_sink_backpressure_reaches_the_source() -> None:
+    from penstock.api.environment import StreamExecutionEnvironment
+    from penstock.examples import slow_sink
 
-    monkeypatch.setattr(demo, "run_demo", interrupted)
+    env = StreamExecutionEnvironment.get_execution_environment({"parallelism.default": 2})
+    slow_sink.build(env, records=400_000)
+    updates: list[JobMetricsUpdate] = []
+    view = JobView(io.StringIO(), live=False)
 
-    assert main(["run"]) == 130
-    err = capsys.readouterr().err
-    assert err.strip() == "penstock run: interrupted"
+    def observe(update: JobMetricsUpdate) -> None:
+        updates.append(update)
+        view.on_update(update)
 
+    with view, observe_jobs(observe):
+        result = env.execute(slow_sink.JOB_NAME)
 
-# -- the demo ----------------------------------------------------------------------------
-
-
-def test_demo_counts_every_word_exactly_on_one_channel() -> None:
-    records = 200_000
-    result = run_demo(records, clock=fake_clock(), slow_records_per_s=10_000_000.0)
-
-    expected = Counter(chain.from_iterable(generate_words(records)))
-    assert result.records == records
-    assert result.word_counts == expected
-    assert result.distinct_words == len(expected)
-    assert result.top_words(3) == expected.most_common(3)
-    # Keyed: the channels' words are disjoint and together are all the words.
-    channel_words = result.channel_words
-    assert len(channel_words) == 4
-    assert sum(len(words) for words in channel_words) == len(expected)
-    assert frozenset().union(*channel_words) == set(expected)
-    assert result.all_segments_returned
-    assert result.segments_returned == result.segments_total == 2048
-
-
-def test_demo_reports_a_snapshot_per_tick_while_throttled() -> None:
-    records = 100_000
-    snapshots: list[DemoSnapshot] = []
-    # Throttled from start to end at 500k records/s: the run lasts at least 0.2 s, many
-    # samples of 5 ms; the fake clock makes every second sample a tick.
-    result = run_demo(
-        records,
-        clock=fake_clock(0.5),
-        on_tick=snapshots.append,
-        sample_s=0.005,
-        slow_from=0.0,
-        slow_until=1.0,
-        slow_records_per_s=500_000.0,
-    )
-
-    assert result.records == records
-    assert result.all_segments_returned
-    assert snapshots
-    elapsed = [snapshot.elapsed_s for snapshot in snapshots]
-    assert elapsed == sorted(elapsed)
-    received = [snapshot.records_in for snapshot in snapshots]
-    assert received == sorted(received)
-    for snapshot in snapshots:
-        assert 0.0 <= snapshot.back_pressured_ratio <= 1.0
-        assert snapshot.back_pressure == back_pressure_level(snapshot.back_pressured_ratio)
-        assert snapshot.out_pool_usage >= 0.0
-        assert snapshot.output_queue_length >= 0
-    assert result.peak_back_pressure == max(s.back_pressured_ratio for s in snapshots)
-
-
-def test_demo_interrupted_stops_both_ends_and_propagates() -> None:
-    def interrupt(_: DemoSnapshot) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_demo(
-            1_000_000,
-            clock=fake_clock(1.0),
-            on_tick=interrupt,
-            sample_s=0.005,
-            slow_from=0.0,
-            slow_until=1.0,
-            slow_records_per_s=1_000_000.0,
+    source, mapper, sink = "Source: Numbers -> To Event", "Map", "Sink: Slow Sink"
+    # The live classification reached HIGH upstream of the sink, never at the sink.
+    assert view.peak_levels == {source: "HIGH", mapper: "HIGH", sink: "OK"}
+    final = result.get_metrics()
+    sources = [m for name, m in final.items() if name.startswith(source)]
+    assert len(sources) == 2
+    assert all(m["accumulateBackPressuredTimeMs"] > 0 for m in sources)
+    (sink_metrics,) = (m for name, m in final.items() if name.startswith(sink))
+    assert sink_metrics["accumulateBackPressuredTimeMs"] == 0
+    assert sink_metrics["accumulateBusyTimeMs"] > 0
+    # accumulateBackPressuredTimeMs grows from update to update.
+    seen = [
+        max(
+            (
+                m.get("accumulateBackPressuredTimeMs", 0.0)
+                for name, m in u.metrics.items()
+                if name.startswith(source)
+            ),
+            default=0.0,
         )
-
-    names = {thread.name for thread in threading.enumerate()}
-    assert not names & {"demo-producer", "demo-consumer"}
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"records": -1},
-        {"slow_from": 0.6, "slow_until": 0.5},
-        {"slow_until": 1.5},
-        {"slow_records_per_s": 0.0},
-        {"tick_s": 0.0},
-    ],
-)
-def test_demo_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match=r"must|need"):
-        run_demo(clock=time.perf_counter, **kwargs)  # type: ignore[arg-type]
+        for u in updates
+    ]
+    assert seen == sorted(seen)
+    assert seen[-1] > seen[0]
 
 
-@settings(max_examples=25)
-@given(st.integers(0, 20_000), st.integers(1, 5000), st.integers(1, 5000))
-def test_generated_stream_does_not_depend_on_batch_size(
-    records: int, batch_a: int, batch_b: int
-) -> None:
-    a = list(generate_words(records, batch_a))
-    b = list(generate_words(records, batch_b))
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_ctrl_c_cancels_the_job_and_leaves_no_process() -> None:
+    command = [sys.executable, "-m", "penstock", "run", "--example", "slow_sink"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert process.stdout is not None
+        # The plain view prints a line per vertex and second once the job runs.
+        line = process.stdout.readline()
+        while line and not line.startswith("t="):
+            line = process.stdout.readline()
+        assert line.startswith("t="), "the job never showed a live line"
+        task_managers = child_pids_of(process.pid)
+        assert len(task_managers) == 2
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "penstock run: interrupted; the job was cancelled" in err
+    assert "Traceback" not in err
+    assert "FINISHED" not in out
+    for pid in task_managers:
+        assert not is_alive(pid)
 
-    assert all(0 < len(batch) <= batch_a for batch in a)
-    flat = list(chain.from_iterable(a))
-    assert flat == list(chain.from_iterable(b))
-    assert len(flat) == records
-    assert set(flat) <= set(VOCABULARY)
+
+def child_pids_of(parent: int) -> set[int]:
+    """Pids of the live children of ``parent``, from /proc."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            children.add(int(entry.name))
+    return children
+
+
+# -- the view ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -338,6 +370,104 @@ def test_generated_stream_does_not_depend_on_batch_size(
 )
 def test_back_pressure_levels_follow_flinks_web_ui(ratio: float, level: str) -> None:
     assert back_pressure_level(ratio) == level
+
+
+@pytest.mark.parametrize(
+    ("task", "vertex"),
+    [
+        ("Map (1/2)", "Map"),
+        ("Source: Sequence Source -> Map (12/16)", "Source: Sequence Source -> Map"),
+        ("Map (1/2) (2/2)", "Map (1/2)"),
+        ("Sink", "Sink"),
+    ],
+)
+def test_vertex_name_drops_the_subtask_suffix(task: str, vertex: str) -> None:
+    assert vertex_name(task) == vertex
+
+
+def make_update(
+    elapsed_ms: int,
+    tasks: dict[str, tuple[float, float, float]],
+    sampled_ms: int | None = None,
+    final: bool = False,
+) -> JobMetricsUpdate:
+    """Tasks as ``name: (numRecordsIn, numRecordsOut, backPressuredTimeMsPerSecond)``."""
+    return JobMetricsUpdate(
+        JobID(1, 2),
+        "job",
+        elapsed_ms,
+        {
+            name: {
+                "numRecordsIn": records_in,
+                "numRecordsOut": records_out,
+                "backPressuredTimeMsPerSecond": back_pressured,
+                "busyTimeMsPerSecond": 1000 - back_pressured,
+                "outPoolUsage": 0.5,
+            }
+            for name, (records_in, records_out, back_pressured) in tasks.items()
+        },
+        dict.fromkeys(tasks, "FINISHED" if final else "RUNNING"),
+        dict.fromkeys(tasks, elapsed_ms if sampled_ms is None else sampled_ms),
+        final,
+    )
+
+
+def test_vertex_tracker_sums_rates_and_takes_the_worst_subtask() -> None:
+    tracker = VertexTracker()
+    first = tracker.update(make_update(1000, {"A (1/2)": (0, 100, 50), "A (2/2)": (0, 300, 0)}))
+    assert [row.name for row in first] == ["A"]
+    assert first[0].records_out == 400
+    assert first[0].records_out_per_s == 0  # no rate from a single sample
+
+    second = tracker.update(
+        make_update(3000, {"A (1/2)": (0, 2100, 600), "A (2/2)": (0, 1300, 20)})
+    )
+    row = second[0]
+    assert row.parallelism == 2
+    assert row.running == 2
+    assert row.records_out == 3400
+    assert row.records_out_per_s == pytest.approx((2000 + 1000) / 2)
+    assert row.back_pressure == pytest.approx(0.6)
+    assert row.level == "HIGH"
+    assert row.busy == pytest.approx(0.98)
+    assert row.out_pool_usage == 0.5
+
+    # No new sample: the rates stay; the peak level is remembered.
+    third = tracker.update(
+        make_update(4000, {"A (1/2)": (0, 2100, 0), "A (2/2)": (0, 1300, 0)}, sampled_ms=3000)
+    )
+    assert third[0].records_out_per_s == pytest.approx(1500)
+    assert third[0].level == "OK"
+    assert third[0].peak_level == "HIGH"
+
+
+@given(st.lists(st.floats(0, 1000), min_size=1, max_size=8))
+def test_the_vertex_level_is_the_level_of_its_worst_subtask(back_pressured: list[float]) -> None:
+    tasks = {
+        f"V ({index + 1}/{len(back_pressured)})": (0.0, 0.0, value)
+        for index, value in enumerate(back_pressured)
+    }
+    (row,) = VertexTracker().update(make_update(1000, tasks))
+    assert row.level == back_pressure_level(max(back_pressured) / 1000)
+
+
+def test_plain_view_prints_a_line_per_vertex_and_a_summary() -> None:
+    stream = io.StringIO()
+    with JobView(stream, live=False) as view:
+        view.on_update(make_update(1000, {"A (1/1)": (0, 10, 900), "B (1/1)": (10, 0, 0)}))
+        view.on_update(
+            make_update(2000, {"A (1/1)": (0, 30, 0), "B (1/1)": (30, 0, 0)}, final=True)
+        )
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "Job 'job' (00000000000000020000000000000001) is running."
+    assert lines[1].startswith("t=  1.0s A [1/1] in=0/s out=0/s backpressure=HIGH (90%)")
+    assert lines[2].startswith("t=  1.0s B [1/1]")
+    assert lines[3] == "Job 'job' (00000000000000020000000000000001) FINISHED after 2.0 s"
+    assert summary_rows("\n".join(lines)) == {
+        "A": ["1", "0", "30", "HIGH", "0.0 s"],
+        "B": ["1", "30", "0", "OK", "0.0 s"],
+    }
+    assert view.peak_levels == {"A": "HIGH", "B": "OK"}
 
 
 def test_plain_table_aligns_numbers_right() -> None:

@@ -28,8 +28,8 @@ from cluster_helpers import (
 )
 from penstock.config import Configuration
 from penstock.errors import IllegalStateError
-from penstock.runtime.client import execute, execute_and_collect
-from penstock.runtime.control import SECRET_ENV, JobResult, new_secret
+from penstock.runtime.client import execute, execute_and_collect, observe_jobs
+from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate, JobResult, new_secret
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, plan_slots, required_slots
 from penstock.runtime.minicluster import MiniCluster, task_managers_for
@@ -224,6 +224,33 @@ def test_minicluster_execute_returns_the_result_with_metrics() -> None:
     sinks = [m for name, m in metrics.items() if name.startswith("Map")]
     assert sum(m["numRecordsOut"] for m in sources) == 500
     assert sum(m["numRecordsIn"] for m in sinks) == 500
+
+
+def test_an_observer_sees_metric_updates_with_flinks_task_names() -> None:
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 5000)), parallelism=2)
+    mapper = vertex(
+        "m", ("Map", MapFactory(abs)), ("Sink: Discard", SinkFactory(lambda x: None)), parallelism=2
+    )
+    graph = job("observed", [source, mapper], [edge(source, mapper)])
+    updates: list[JobMetricsUpdate] = []
+    with observe_jobs(updates.append):
+        result = execute(graph, Configuration())
+    names = {
+        "Source: Sequence Source (1/2)",
+        "Source: Sequence Source (2/2)",
+        "Map -> Sink: Discard (1/2)",
+        "Map -> Sink: Discard (2/2)",
+    }
+    assert updates
+    assert all(update.job_id == graph.job_id and set(update.states) == names for update in updates)
+    assert [update.final for update in updates] == [False] * (len(updates) - 1) + [True]
+    final = updates[-1]
+    assert set(final.states.values()) == {"FINISHED"}
+    assert final.metrics == result.get_metrics()
+    assert sum(final.metrics[name]["numRecordsOut"] for name in names if "Source" in name) == 5000
+    # Outside the context, jobs run unobserved.
+    execute(graph_of_doubling := doubling_job(10), Configuration({"execution.target": "local"}))
+    assert all(update.job_id != graph_of_doubling.job_id for update in updates)
 
 
 def test_local_target_runs_in_process() -> None:

@@ -1,81 +1,72 @@
-"""``penstock run``: runs a job with a live view of throughput and backpressure.
+"""``penstock run``: runs a job on a mini-cluster with a live view of its vertices.
 
-Job files and ``--example`` need the runtime (JobManager, TaskManagers, the DataStream
-API), which this version does not include; they are refused with exit status 2. Without
-them, ``penstock run`` runs ``penstock.demo``: a keyed word count through the in-process
-data plane, with a consumer that is throttled for part of the run so that backpressure
-shows.
+* ``penstock run`` runs the built-in demo, the ``word_count`` example: a keyed word
+  count over a generated stream on two TaskManager processes;
+* ``penstock run --example NAME`` runs a bundled example (``penstock.examples``);
+* ``penstock run JOB.py`` runs a job file as ``python JOB.py`` would (its
+  ``__name__`` is ``"__main__"``); every job it executes shows in the view.
 
-On a terminal the live view is a rich table redrawn every second; otherwise it is one
-plain line per second, fit for logs and pipes.
+``-D key=value`` sets configuration keys; they are all checked before anything starts,
+and a bad one ends the command with status 2, naming the key. The examples run with
+them on top of ``parallelism.default: 2``; a job file's jobs run with them under the
+job's own configuration (``penstock.runtime.client.configure_jobs``).
+
+The view (``penstock.cli.job_view``) is a rich table redrawn in place on a terminal,
+one plain line per vertex and second otherwise, and a summary table when a job ends.
+
+Exit status: 0 when every job finished, 1 when a job failed (its error, with the remote
+traceback, is printed), 2 for bad usage, 130 after Ctrl-C (the job is cancelled and
+every TaskManager process stopped before the command returns).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import runpy
 import sys
-import time
-from collections import deque
-from collections.abc import Sequence
-from types import TracebackType
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
 from penstock.cli._args import SubParsers, usage_error
-from penstock.cli._output import (
-    Column,
-    format_count,
-    format_rate,
-    is_terminal,
-    print_table,
-    rich_console,
-)
 
 if TYPE_CHECKING:
-    from rich.live import Live
-    from rich.table import Table
+    from penstock.config import Configuration
 
-    from penstock.demo import DemoResult, DemoSnapshot
-
-__all__ = ["EXIT_INTERRUPTED", "add_run_parser", "run_command"]
+__all__ = ["DEFAULT_EXAMPLE", "DEFAULT_PARALLELISM", "EXIT_INTERRUPTED", "add_run_parser"]
 
 EXIT_INTERRUPTED: Final = 130
 """Exit status after Ctrl-C, as a shell reports a process ended by SIGINT."""
 
-_NEEDS_RUNTIME: Final = (
-    "{what} needs the penstock runtime (JobManager, TaskManagers and the DataStream API), "
-    "which this version does not include yet. Run 'penstock run' without arguments for "
-    "the built-in word count over the network stack."
-)
+EXIT_JOB_FAILED: Final = 1
 
-# Rows the live table keeps: enough to see backpressure build up and clear.
-_LIVE_ROWS: Final = 12
+DEFAULT_EXAMPLE: Final = "word_count"
+"""What ``penstock run`` runs without a job file or ``--example``."""
 
-# Two-line headers keep the table within 80 columns.
-_LIVE_COLUMNS: Final = (
-    Column("t (s)", numeric=True),
-    Column("records/s\nout", numeric=True),
-    Column("records/s\nin", numeric=True),
-    Column("outPool\nUsage", numeric=True),
-    Column("output\nqueue", numeric=True),
-    Column("back-\npressured", numeric=True),
-    Column("consumer"),
-)
+DEFAULT_PARALLELISM: Final = 2
+"""``parallelism.default`` of the examples unless ``-D`` sets it: two TaskManagers."""
 
 
 def add_run_parser(subparsers: SubParsers) -> None:
     """Adds ``run [JOB.py | --example NAME] [-D key=value ...]``."""
+    from penstock.examples import EXAMPLES
+
     parser = subparsers.add_parser(
         "run",
-        help="run a job (for now: the word-count demo) with a live view",
+        help="run a job (default: the word-count demo) with a live view",
         description=(
-            "Runs a job with a live view of throughput and backpressure. Without a job, "
-            "runs a keyed word count through penstock's in-process data plane, with a "
-            "consumer that is slower for part of the run."
+            "Runs a job on a mini-cluster of TaskManager processes with a live view of "
+            "each vertex: records/s in and out, backpressure (OK/LOW/HIGH as Flink's web "
+            "UI shows it), busy time and buffer pool usage. Without a job, runs the "
+            "word-count demo."
         ),
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("job", nargs="?", metavar="JOB.py", help="a job file (needs the runtime)")
-    source.add_argument("--example", metavar="NAME", help="a bundled example (needs the runtime)")
+    source.add_argument("job", nargs="?", metavar="JOB.py", help="a job file to run")
+    source.add_argument(
+        "--example", metavar="NAME", help=f"a bundled example: {', '.join(EXAMPLES)}"
+    )
     parser.add_argument(
         "-D",
         dest="dynamic",
@@ -89,160 +80,93 @@ def add_run_parser(subparsers: SubParsers) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Runs ``penstock run`` as ``args`` asks; returns the exit status."""
-    from penstock.config import Configuration
+    from penstock.config import Configuration, ShuffleOptions
     from penstock.errors import ConfigurationError
+    from penstock.examples import EXAMPLES, load_example
 
+    # Everything that can be wrong with the command is found before a process starts.
     try:
         config = Configuration.from_dynamic_properties(args.dynamic)
+        ShuffleOptions.from_configuration(config)
     except ConfigurationError as exc:
         return usage_error("run", str(exc))
+    example: ModuleType | None = None
+    job_file: Path | None = None
     if args.job is not None:
-        return usage_error("run", _NEEDS_RUNTIME.format(what=f"Running the job file {args.job}"))
-    if args.example is not None:
-        return usage_error(
-            "run", _NEEDS_RUNTIME.format(what=f"Running the example {args.example!r}")
-        )
+        job_file = Path(args.job)
+        if not job_file.is_file():
+            return usage_error("run", f"no such job file: {args.job}")
+    else:
+        name = DEFAULT_EXAMPLE if args.example is None else args.example
+        try:
+            example = load_example(name)
+        except KeyError:
+            return usage_error(
+                "run", f"no example named {name!r}; the examples are: {', '.join(EXAMPLES)}"
+            )
+    return _run(config, example, job_file)
 
-    from penstock import demo
 
-    try:
-        demo.pipeline_options(config)
-    except ConfigurationError as exc:
-        return usage_error("run", str(exc))
-    live = is_terminal()
-    view: _RichView | _PlainView = _RichView() if live else _PlainView()
-    try:
-        with view:
-            result = demo.run_demo(config=config, clock=time.perf_counter, on_tick=view.update)
-    except KeyboardInterrupt:
-        print("penstock run: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    _print_summary(result)
+def _run(config: Configuration, example: ModuleType | None, job_file: Path | None) -> int:
+    from penstock.api.environment import StreamExecutionEnvironment
+    from penstock.cli.job_view import JobView
+    from penstock.config import Configuration
+    from penstock.errors import JobExecutionError
+    from penstock.runtime.client import configure_jobs, observe_jobs
+
+    records: list[object] = []
+    with (
+        JobView() as view,
+        observe_jobs(view.on_update, on_records=records.extend),
+        configure_jobs(config),
+    ):
+        try:
+            if example is not None:
+                defaults = Configuration({"parallelism.default": DEFAULT_PARALLELISM})
+                env = StreamExecutionEnvironment.get_execution_environment(defaults | config)
+                example.build(env)
+                env.execute(example.JOB_NAME)
+            else:
+                assert job_file is not None
+                _run_job_file(job_file)
+        except JobExecutionError as exc:
+            view.close()
+            _print_failure(exc)
+            return EXIT_JOB_FAILED
+        except KeyboardInterrupt:
+            # The client cancelled the job and closed the cluster before re-raising.
+            view.close()
+            print("penstock run: interrupted; the job was cancelled", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    if example is not None:
+        description = example.describe_results(records)
+        if description:
+            print(description)
     return 0
 
 
-# -- the live view ---------------------------------------------------------------------
+def _run_job_file(path: Path) -> None:
+    # The job file's directory comes first on the path, as with ``python JOB.py``, so
+    # that it can import its neighbours.
+    directory = str(path.resolve().parent)
+    sys.path.insert(0, directory)
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(directory)
 
 
-def _row(snapshot: DemoSnapshot) -> list[str]:
-    return [
-        f"{snapshot.elapsed_s:.0f}",
-        format_rate(snapshot.records_out_per_s),
-        format_rate(snapshot.records_in_per_s),
-        f"{snapshot.out_pool_usage:.0%}",
-        str(snapshot.output_queue_length),
-        f"{snapshot.back_pressured_ratio:.0%} {snapshot.back_pressure}",
-        _consumer_state(snapshot),
-    ]
+def _print_failure(error: BaseException) -> None:
+    from penstock.errors import RemoteError
 
-
-def _consumer_state(snapshot: DemoSnapshot) -> str:
-    return "slowed" if snapshot.consumer_throttled else "full-speed"
-
-
-class _PlainView:
-    """One line per tick on stdout."""
-
-    def __enter__(self) -> _PlainView:
-        print(_DESCRIPTION, flush=True)
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        return None
-
-    def update(self, snapshot: DemoSnapshot) -> None:
-        print(
-            f"t={snapshot.elapsed_s:5.1f}s"
-            f" out={format_rate(snapshot.records_out_per_s)}/s"
-            f" in={format_rate(snapshot.records_in_per_s)}/s"
-            f" outPoolUsage={snapshot.out_pool_usage:.0%}"
-            f" outputQueueLength={snapshot.output_queue_length}"
-            f" backPressured={snapshot.back_pressured_ratio:.0%} {snapshot.back_pressure}"
-            f" consumer={_consumer_state(snapshot)}",
-            flush=True,
-        )
-
-
-class _RichView:
-    """A rich table of the last ticks, redrawn in place."""
-
-    def __init__(self) -> None:
-        self._snapshots: deque[DemoSnapshot] = deque(maxlen=_LIVE_ROWS)
-        self._live: Live | None = None
-
-    def __enter__(self) -> _RichView:
-        from rich.live import Live
-
-        self._live = Live(
-            self._render(), console=rich_console(), refresh_per_second=4, transient=False
-        )
-        self._live.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._live is not None:
-            self._live.__exit__(kind, error, traceback)
-            self._live = None
-
-    def update(self, snapshot: DemoSnapshot) -> None:
-        self._snapshots.append(snapshot)
-        if self._live is not None:
-            self._live.update(self._render())
-
-    def _render(self) -> Table:
-        from rich.table import Table
-
-        table = Table(title=_TITLE, title_justify="left")
-        for column in _LIVE_COLUMNS:
-            table.add_column(column.header, justify="right" if column.numeric else "left")
-        for snapshot in self._snapshots:
-            table.add_row(*_row(snapshot), style=_STATUS_STYLES[snapshot.back_pressure])
-        return table
-
-
-_STATUS_STYLES: Final = {"OK": "green", "LOW": "yellow", "HIGH": "red"}
-
-_TITLE: Final = "penstock run: keyed word count over 4 local channels"
-_DESCRIPTION: Final = (
-    "penstock run: keyed word count, producer → KeyGroupStreamPartitioner → 4 subpartitions"
-    " → 4 LocalInputChannels → consumer (throttled for part of the run)"
-)
-
-
-# -- the summary -----------------------------------------------------------------------
-
-
-def _print_summary(result: DemoResult) -> None:
-    from penstock.demo import back_pressure_level
-
-    top = ", ".join(f"{word} {format_count(count)}" for word, count in result.top_words(5))
-    per_channel = " / ".join(str(len(words)) for words in result.channel_words)
-    rows: Sequence[tuple[str, str]] = (
-        ("records", format_count(result.records)),
-        ("seconds", f"{result.seconds:.2f}"),
-        ("records/s", format_count(result.records_per_s)),
-        ("distinct words", str(result.distinct_words)),
-        ("top words", top),
-        ("distinct words per channel", per_channel),
-        (
-            "peak backpressure",
-            f"{back_pressure_level(result.peak_back_pressure)}"
-            f" ({result.peak_back_pressure:.0%} of a second)",
-        ),
-        (
-            "segments back in the pool",
-            f"{result.segments_returned} / {result.segments_total}"
-            + (" (all)" if result.all_segments_returned else " (MISSING)"),
-        ),
-    )
-    print_table((Column("summary"), Column("value")), rows)
+    print(f"penstock run: {type(error).__name__}: {error}", file=sys.stderr)
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, RemoteError):
+            print(f"Caused by {cause.type_name}: {cause.message}", file=sys.stderr)
+            if cause.traceback_text:
+                print(cause.traceback_text.rstrip(), file=sys.stderr)
+        else:
+            print(f"Caused by {type(cause).__name__}: {cause}", file=sys.stderr)
+        cause = cause.__cause__

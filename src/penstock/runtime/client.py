@@ -11,21 +11,33 @@
   ``jobmanager.rpc.address``:``jobmanager.rpc.port``, reached over the authenticated
   control channel with the key in ``PENSTOCK_CLUSTER_SECRET``.
 
-Whatever the target, a job is a *session*: a stream of events (collected batches, then
-the result), acknowledgements for the batches, and a way to cancel. Ctrl-C while
-waiting cancels the job, waits (bounded) for it to stop, releases the cluster and
-re-raises ``KeyboardInterrupt``.
+Whatever the target, a job is a *session*: a stream of events (collected batches, live
+metric updates if asked for, then the result), acknowledgements for the batches, and a
+way to cancel. Ctrl-C while waiting cancels the job, waits (bounded) for it to stop,
+releases the cluster and re-raises ``KeyboardInterrupt``.
+
+Observing jobs. A program that runs other code's jobs, such as ``penstock run JOB.py``,
+wraps it in ``observe_jobs(callback)``: every ``execute`` and ``execute_and_collect`` in
+that context (this thread, or tasks and threads started with a copy of it) asks the
+JobManager for a ``JobMetricsUpdate`` about once a second and hands each one to the
+callback, the last one (``final``) with the final metrics. ``configure_jobs(config)``
+gives such jobs configuration defaults (``penstock run -D key=value``): keys a job sets
+itself win over them, as settings in code win over the command line's in Flink. Both
+are ``contextvars``, so nothing is installed process-wide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final, Protocol
+
+import cloudpickle
 
 from penstock.config import (
     EXECUTION_TARGET,
@@ -41,6 +53,8 @@ from penstock.runtime.control import (
     CollectBatch,
     ControlConnection,
     ControlMessage,
+    DeployTask,
+    JobMetricsUpdate,
     JobResult,
     SubmitJob,
     connect,
@@ -54,11 +68,15 @@ from penstock.runtime.taskmanager import TaskExecutor
 __all__ = [
     "CANCEL_WAIT_S",
     "InProcessSession",
+    "JobEvent",
     "JobExecutionResult",
     "JobSession",
+    "MetricsObserver",
     "RemoteSession",
+    "configure_jobs",
     "execute",
     "execute_and_collect",
+    "observe_jobs",
     "open_session",
 ]
 
@@ -68,6 +86,63 @@ CANCEL_WAIT_S: Final = 15.0
 """How long a cancelled job may take to report its end before the client gives up."""
 
 _LOCAL_TM_ID: Final = "local"
+
+JobEvent = CollectBatch | JobMetricsUpdate | JobResult
+"""What a session's ``next_event`` returns (metric updates only when asked for)."""
+
+MetricsObserver = Callable[[JobMetricsUpdate], None]
+"""Gets the live metrics of a job (called on the thread that runs ``execute``)."""
+
+RecordsObserver = Callable[[list[object]], None]
+
+_OBSERVER: Final[contextvars.ContextVar[MetricsObserver | None]] = contextvars.ContextVar(
+    "penstock_job_observer", default=None
+)
+_RECORDS_OBSERVER: Final[contextvars.ContextVar[RecordsObserver | None]] = contextvars.ContextVar(
+    "penstock_job_records_observer", default=None
+)
+_DEFAULTS: Final[contextvars.ContextVar[Configuration | None]] = contextvars.ContextVar(
+    "penstock_job_defaults", default=None
+)
+
+
+@contextlib.contextmanager
+def observe_jobs(
+    callback: MetricsObserver, on_records: RecordsObserver | None = None
+) -> Iterator[None]:
+    """Hands the live metrics of every job executed in this context to ``callback``.
+
+    Args:
+        callback: Called with each ``JobMetricsUpdate``, about once a second and once
+            more with the final metrics when a job ends; an exception it raises ends
+            the job as Ctrl-C would (cancelled, then re-raised).
+        on_records: Called, in ``execute``, with each batch that a task sent through
+            ``RuntimeContext.results_sink`` (a sink function's summary, for example);
+            without it ``execute`` drops such batches.
+    """
+    token = _OBSERVER.set(callback)
+    records_token = _RECORDS_OBSERVER.set(on_records)
+    try:
+        yield
+    finally:
+        _RECORDS_OBSERVER.reset(records_token)
+        _OBSERVER.reset(token)
+
+
+@contextlib.contextmanager
+def configure_jobs(defaults: Configuration) -> Iterator[None]:
+    """Runs every job executed in this context with ``defaults`` under its configuration.
+
+    Keys the job's configuration sets win; the others come from ``defaults``. Options
+    read when a job is built (``parallelism.default``) apply only to environments that
+    read this context; runtime options (``execution.target``, network memory, slots)
+    apply to every job.
+    """
+    token = _DEFAULTS.set(Configuration(defaults))
+    try:
+        yield
+    finally:
+        _DEFAULTS.reset(token)
 
 
 class JobExecutionResult:
@@ -119,8 +194,8 @@ class JobSession(Protocol):
 
     job: JobGraph
 
-    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
-        """The next batch or the result; None after ``timeout_s`` without either."""
+    def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
+        """The next batch, metrics update or the result; None after ``timeout_s``."""
         ...
 
     def ack(self, batch: CollectBatch) -> None:
@@ -140,10 +215,13 @@ class _QueueListener:
     """A JobListener that queues events for a client thread."""
 
     def __init__(self) -> None:
-        self.events: queue.SimpleQueue[CollectBatch | JobResult] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[JobEvent] = queue.SimpleQueue()
 
     def on_collect(self, batch: CollectBatch) -> None:
         self.events.put(batch)
+
+    def on_metrics(self, update: JobMetricsUpdate) -> None:
+        self.events.put(update)
 
     def on_result(self, result: JobResult) -> None:
         self.events.put(result)
@@ -156,18 +234,23 @@ class InProcessSession:
         job_manager: A started JobManager.
         job: The job; submitted now.
         on_close: Releases what was started for the job (cluster, executor).
+        metrics: Also deliver a ``JobMetricsUpdate`` about once a second.
     """
 
     def __init__(
-        self, job_manager: JobManager, job: JobGraph, on_close: Callable[[], None] = lambda: None
+        self,
+        job_manager: JobManager,
+        job: JobGraph,
+        on_close: Callable[[], None] = lambda: None,
+        metrics: bool = False,
     ) -> None:
         self.job = job
         self.job_manager = job_manager
         self._on_close = on_close
         self._listener = _QueueListener()
-        job_manager.submit(job, self._listener)
+        job_manager.submit(job, self._listener, self._listener.on_metrics if metrics else None)
 
-    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
+    def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
         try:
             return self._listener.events.get(timeout=timeout_s)
         except queue.Empty:
@@ -189,18 +272,17 @@ class RemoteSession:
     Args:
         connection: An authenticated connection to the JobManager.
         job: The job; submitted now.
+        metrics: Also deliver a ``JobMetricsUpdate`` about once a second.
     """
 
-    def __init__(self, connection: ControlConnection, job: JobGraph) -> None:
+    def __init__(self, connection: ControlConnection, job: JobGraph, metrics: bool = False) -> None:
         self.job = job
         self._connection = connection
-        self._events: queue.SimpleQueue[CollectBatch | JobResult | BaseException] = (
-            queue.SimpleQueue()
-        )
-        connection.send(SubmitJob(job))
+        self._events: queue.SimpleQueue[JobEvent | BaseException] = queue.SimpleQueue()
+        connection.send(SubmitJob(job, metrics))
         self._reader = _start_reader(connection, self._events)
 
-    def next_event(self, timeout_s: float | None = None) -> CollectBatch | JobResult | None:
+    def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
         try:
             event = self._events.get(timeout=timeout_s)
         except queue.Empty:
@@ -224,13 +306,13 @@ class RemoteSession:
 
 def _start_reader(
     connection: ControlConnection,
-    events: queue.SimpleQueue[CollectBatch | JobResult | BaseException],
+    events: queue.SimpleQueue[JobEvent | BaseException],
 ) -> object:
     def read() -> None:
         try:
             while True:
                 message: ControlMessage = connection.recv()
-                if isinstance(message, CollectBatch | JobResult):
+                if isinstance(message, CollectBatch | JobMetricsUpdate | JobResult):
                     events.put(message)
                     if isinstance(message, JobResult):
                         return
@@ -242,33 +324,39 @@ def _start_reader(
     return thread
 
 
-def open_session(job: JobGraph, config: Configuration) -> JobSession:
+def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
     """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
+
+    Args:
+        job: The job.
+        config: Its configuration, on top of the defaults of ``configure_jobs``.
+        metrics: The session also delivers a ``JobMetricsUpdate`` about once a second.
 
     Raises:
         ClusterError: The cluster could not be started or reached.
     """
-    merged = Configuration(config)
+    defaults = _DEFAULTS.get()
+    merged = Configuration(config) if defaults is None else defaults | config
     target = merged.get(EXECUTION_TARGET)
     if target == "local":
-        return _local_session(job, merged)
+        return _local_session(job, merged, metrics)
     if target == "minicluster":
         cluster = MiniCluster(merged, task_managers_for(job, merged)).start()
         try:
-            return InProcessSession(cluster.job_manager, job, cluster.close)
+            return InProcessSession(cluster.job_manager, job, cluster.close, metrics)
         except BaseException:
             cluster.close()
             raise
     address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
     connection = connect(address, load_secret(environ=os.environ))
     try:
-        return RemoteSession(connection, job)
+        return RemoteSession(connection, job, metrics)
     except BaseException:
         connection.close()
         raise
 
 
-def _local_session(job: JobGraph, config: Configuration) -> InProcessSession:
+def _local_session(job: JobGraph, config: Configuration, metrics: bool) -> InProcessSession:
     job_manager = JobManager(config, name="local-jm")
     job_manager.start()
     executor = TaskExecutor(
@@ -286,19 +374,27 @@ def _local_session(job: JobGraph, config: Configuration) -> InProcessSession:
         executor.start()
         job_manager.add_task_manager(executor.registration(), _LocalGateway(executor))
         executor.start_heartbeats()
-        return InProcessSession(job_manager, job, close)
+        return InProcessSession(job_manager, job, close, metrics)
     except BaseException:
         close()
         raise
 
 
 class _LocalGateway:
-    """The JobManager's side of an in-process TaskExecutor: direct calls."""
+    """The JobManager's side of an in-process TaskExecutor: direct calls.
+
+    A deployment is copied through cloudpickle first, as it would be on its way to a
+    TaskManager process: every subtask gets its own copy of the user functions (a sink
+    object's fields are per subtask, as in Flink), and a function that cannot be
+    pickled fails here as it would on a cluster.
+    """
 
     def __init__(self, executor: TaskExecutor) -> None:
         self._executor = executor
 
     def send(self, message: ControlMessage) -> None:
+        if isinstance(message, DeployTask):
+            message = cloudpickle.loads(cloudpickle.dumps(message))
         self._executor.handle(message)
 
     def close(self) -> None:
@@ -332,7 +428,8 @@ def _cancel_and_wait(session: JobSession) -> JobResult | None:
             return None
         if isinstance(event, JobResult):
             return event
-        session.ack(event)
+        if isinstance(event, CollectBatch):
+            session.ack(event)
 
 
 def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
@@ -345,7 +442,9 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
         ClusterError: The cluster could not be started or reached.
         KeyboardInterrupt: Ctrl-C; the job was cancelled and the cluster released.
     """
-    session = open_session(job, config)
+    observer = _OBSERVER.get()
+    on_records = _RECORDS_OBSERVER.get()
+    session = open_session(job, config, metrics=observer is not None)
     try:
         while True:
             event = session.next_event()
@@ -354,11 +453,18 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
                 return JobExecutionResult(
                     event.job_id, event.job_name, event.net_runtime_ms, event.metrics
                 )
-            if event is not None:
+            if isinstance(event, JobMetricsUpdate):
+                if observer is not None:
+                    observer(event)
+            elif event is not None:
+                if on_records is not None:
+                    on_records(event.records)
                 session.ack(event)
-    except KeyboardInterrupt:
-        log.warning("interrupted: cancelling job %r", job.name)
-        _cancel_and_wait(session)
+    except BaseException as exc:
+        if not isinstance(exc, JobExecutionError):
+            # Ctrl-C, or the observer failed: the job must not outlive its client.
+            log.warning("cancelling job %r: %s", job.name, type(exc).__name__)
+            _cancel_and_wait(session)
         raise
     finally:
         session.close()
@@ -376,11 +482,14 @@ def execute_and_collect(
     Raises:
         JobExecutionError: From the iterator, when the job failed.
     """
-    session = open_session(job, config)
-    return _collect(session, limit)
+    observer = _OBSERVER.get()
+    session = open_session(job, config, metrics=observer is not None)
+    return _collect(session, limit, observer)
 
 
-def _collect(session: JobSession, limit: int | None) -> Iterator[object]:
+def _collect(
+    session: JobSession, limit: int | None, observer: MetricsObserver | None
+) -> Iterator[object]:
     count = 0
     ended = False
     try:
@@ -394,6 +503,10 @@ def _collect(session: JobSession, limit: int | None) -> Iterator[object]:
                 ended = True
                 _raise_for(event)
                 return
+            if isinstance(event, JobMetricsUpdate):
+                if observer is not None:
+                    observer(event)
+                continue
             for record in event.records:
                 yield record
                 count += 1

@@ -58,6 +58,7 @@ __all__ = [
     "ControlServer",
     "DeployTask",
     "Heartbeat",
+    "JobMetricsUpdate",
     "JobResult",
     "RegisterTaskManager",
     "RegistrationAccepted",
@@ -249,9 +250,13 @@ class Shutdown:
 
 @dataclass(frozen=True, slots=True)
 class SubmitJob:
-    """Client → JobManager: run this job and report back on this connection."""
+    """Client → JobManager: run this job and report back on this connection.
+
+    With ``metrics`` the client also gets a ``JobMetricsUpdate`` about once a second.
+    """
 
     job: JobGraph
+    metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +288,33 @@ class JobResult:
     cancelled: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class JobMetricsUpdate:
+    """JobManager → client: the live metrics of a job's tasks, about once a second.
+
+    Built from the latest heartbeats; the last update of a job (``final``) carries every
+    task's final metrics and comes just before the job's ``JobResult``.
+
+    Attributes:
+        job_id: The job.
+        job_name: Its name.
+        elapsed_ms: Milliseconds since the job was deployed (0 before).
+        metrics: Latest metrics per task name ("Map (1/2)"), Flink's names.
+        states: Each task's ExecutionState name ("RUNNING").
+        sampled_ms: Per task name, ``elapsed_ms`` when its metrics arrived, so that a
+            rate is a difference of counters over the time between two samples.
+        final: The job has ended; the metrics are final.
+    """
+
+    job_id: JobID
+    job_name: str
+    elapsed_ms: int
+    metrics: dict[str, dict[str, float]]
+    states: dict[str, str]
+    sampled_ms: dict[str, int]
+    final: bool = False
+
+
 ControlMessage = (
     RegisterTaskManager
     | RegistrationAccepted
@@ -296,6 +328,7 @@ ControlMessage = (
     | SubmitJob
     | CancelJob
     | JobResult
+    | JobMetricsUpdate
 )
 _MESSAGE_TYPES: Final = ControlMessage.__args__
 
@@ -341,7 +374,8 @@ class ControlConnection:
         """
         try:
             payload = self._connection.recv_bytes()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
+            # TypeError: close() in another thread dropped the handle under this read.
             raise EOFError(str(exc)) from exc
         message = pickle.loads(payload)  # the peer is authenticated
         if not isinstance(message, _MESSAGE_TYPES):

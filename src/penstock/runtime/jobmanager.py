@@ -21,6 +21,10 @@ Producers and consumers are deployed at once: a consumer asks for a partition th
 not be registered yet, and the network stack retries (``PartitionNotFound`` with
 backoff, the server waits for registration), as Flink's does.
 
+While a job runs, a client that asked for them (``submit(..., on_metrics=...)``) gets a
+``JobMetricsUpdate`` about once a second, from the metrics of the latest heartbeats,
+and a final one with every task's final metrics just before the job's result.
+
 On the first FAILED task, or when a TaskManager is lost (its control connection
 closes, or its heartbeat is older than ``heartbeat.timeout``), the job cancels every
 other task, waits (bounded) until all are terminal, and ends with that first failure.
@@ -51,6 +55,7 @@ from penstock.runtime.control import (
     ControlMessage,
     DeployTask,
     Heartbeat,
+    JobMetricsUpdate,
     JobResult,
     RegisterTaskManager,
     RegistrationAccepted,
@@ -65,6 +70,7 @@ from penstock.runtime.states import ExecutionState
 __all__ = [
     "DEFAULT_CANCEL_TIMEOUT_S",
     "DEFAULT_SLOT_REQUEST_TIMEOUT_S",
+    "METRICS_UPDATE_INTERVAL_S",
     "JobListener",
     "JobManager",
     "SlotRef",
@@ -80,6 +86,10 @@ DEFAULT_SLOT_REQUEST_TIMEOUT_S: Final = 60.0
 
 DEFAULT_CANCEL_TIMEOUT_S: Final = 10.0
 """How long a failing or cancelled job waits for its tasks to reach a terminal state."""
+
+METRICS_UPDATE_INTERVAL_S: Final = 1.0
+"""How often a job's metrics observer gets a ``JobMetricsUpdate`` (TaskManagers send
+metrics with their heartbeats at least once a second)."""
 
 _IDLE_WAKEUP_S: Final = 1.0
 
@@ -208,6 +218,7 @@ class _Execution:
     tm_id: str
     state: ExecutionState = ExecutionState.DEPLOYING
     metrics: dict[str, float] = field(default_factory=dict)
+    sampled_at: float = 0.0
 
 
 class _JobStatus(Enum):
@@ -230,6 +241,8 @@ class _Job:
     started: float = 0.0
     first_error: BaseException | None = None
     cancel_deadline: float = 0.0
+    on_metrics: Callable[[JobMetricsUpdate], None] | None = None
+    next_metrics: float = 0.0
 
 
 class JobManager:
@@ -311,6 +324,7 @@ class JobManager:
                 except Exception:
                     log.exception("%s: error in the main thread", self.name)
             self._check_deadlines()
+            self._send_metric_updates()
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()
@@ -322,6 +336,8 @@ class JobManager:
                 wakeup = min(wakeup, job.slot_deadline - now)
             elif job.status in (_JobStatus.FAILING, _JobStatus.CANCELLING):
                 wakeup = min(wakeup, job.cancel_deadline - now)
+            if job.on_metrics is not None and job.status is not _JobStatus.WAITING:
+                wakeup = min(wakeup, job.next_metrics - now)
         return max(wakeup, 0.01)
 
     # -- TaskManagers ----------------------------------------------------------------
@@ -384,6 +400,7 @@ class JobManager:
                 execution = self._execution(execution_id)
                 if execution is not None:
                     execution.metrics = metrics
+                    execution.sampled_at = tm.last_heartbeat
         elif isinstance(message, CollectBatch):
             job = self._jobs.get(message.job_id)
             if job is not None and job.status is not _JobStatus.DONE:
@@ -440,10 +457,24 @@ class JobManager:
 
     # -- jobs ------------------------------------------------------------------------
 
-    def submit(self, job: JobGraph, listener: JobListener) -> None:
-        """Schedules and deploys ``job`` (from any thread); ``listener`` hears the rest."""
+    def submit(
+        self,
+        job: JobGraph,
+        listener: JobListener,
+        on_metrics: Callable[[JobMetricsUpdate], None] | None = None,
+    ) -> None:
+        """Schedules and deploys ``job`` (from any thread); ``listener`` hears the rest.
+
+        Args:
+            job: The job.
+            listener: Gets the collected batches and the result.
+            on_metrics: Gets a ``JobMetricsUpdate`` about once a second while the job
+                runs and a final one before the result; called from the main thread,
+                it must not block.
+        """
         now = time.monotonic()
         entry = _Job(job, listener, now, now + self._slot_request_timeout_s)
+        entry.on_metrics = on_metrics
         with self._changed:
             if job.job_id in self._job_status:
                 msg = f"job {job.job_id} was submitted already"
@@ -491,6 +522,7 @@ class JobManager:
         positions = {vertex.id: position for position, vertex in enumerate(job.graph.vertices)}
         job.status = _JobStatus.RUNNING
         job.started = time.monotonic()
+        job.next_metrics = job.started + METRICS_UPDATE_INTERVAL_S
         deploy: list[tuple[_TaskManager, DeployTask]] = []
         for tdd in descriptors:
             slot = plan[positions[tdd.vertex.id], tdd.subtask_index]
@@ -500,11 +532,19 @@ class JobManager:
             self._owner[tdd.execution_id] = job.graph.job_id
             deploy.append((self._task_managers[slot.tm_id], DeployTask(tdd)))
         self._publish(job)
-        for tm, message in deploy:
+        for position, (tm, message) in enumerate(deploy):
             try:
                 tm.gateway.send(message)
             except ClusterError as exc:
                 self._lose_task_manager(tm.registration.tm_id, str(exc))
+                return
+            except Exception as exc:  # e.g. a user function that cannot be pickled
+                # Tasks never sent never report: they end here, or the job would wait
+                # for them until its cancel timeout.
+                for _, unsent in deploy[position:]:
+                    job.executions[unsent.tdd.execution_id].state = ExecutionState.CANCELED
+                job.executions[message.tdd.execution_id].state = ExecutionState.FAILED
+                self._fail(job, RemoteError.from_exception(exc))
                 return
 
     def _on_task_state(self, message: TaskStateChanged) -> None:
@@ -515,6 +555,7 @@ class JobManager:
         execution.state = message.state
         if message.metrics is not None:
             execution.metrics = message.metrics
+            execution.sampled_at = time.monotonic()
         log.debug("%s: %s is %s", self.name, execution.task_name, message.state.value)
         if message.state is ExecutionState.FAILED:
             error = message.error or RemoteError("unknown", f"{execution.task_name} failed")
@@ -608,6 +649,7 @@ class JobManager:
         outcome = "cancelled" if cancelled else ("failed" if error is not None else "finished")
         log.info("%s: job %r %s after %d ms", self.name, job.graph.name, outcome, runtime_ms)
         self._publish(job)
+        self._send_metric_update(job, final=True)
         try:
             job.listener.on_result(result)
         except Exception:
@@ -615,6 +657,41 @@ class JobManager:
         for other in list(self._jobs.values()):
             if other.status is _JobStatus.WAITING:
                 self._try_schedule(other)
+
+    def _send_metric_updates(self) -> None:
+        now = time.monotonic()
+        for job in list(self._jobs.values()):
+            if (
+                job.on_metrics is not None
+                and job.status is not _JobStatus.WAITING
+                and now >= job.next_metrics
+            ):
+                job.next_metrics = now + METRICS_UPDATE_INTERVAL_S
+                self._send_metric_update(job, final=False)
+
+    def _send_metric_update(self, job: _Job, final: bool) -> None:
+        if job.on_metrics is None:
+            return
+        started = job.started
+        now = time.monotonic()
+
+        def since_start(moment: float) -> int:
+            return round((moment - started) * 1000) if started and moment else 0
+
+        executions = list(job.executions.values())
+        update = JobMetricsUpdate(
+            job.graph.job_id,
+            job.graph.name,
+            since_start(now),
+            {e.task_name: dict(e.metrics) for e in executions},
+            {e.task_name: e.state.name for e in executions},
+            {e.task_name: since_start(e.sampled_at) for e in executions},
+            final,
+        )
+        try:
+            job.on_metrics(update)
+        except Exception:
+            log.exception("%s: the metrics observer of job %r failed", self.name, job.graph.name)
 
     def _execution(self, execution_id: ExecutionAttemptID) -> _Execution | None:
         job_id = self._owner.get(execution_id)
@@ -653,7 +730,7 @@ class JobManager:
         if isinstance(first, RegisterTaskManager):
             self._serve_task_manager(first, connection)
         elif isinstance(first, SubmitJob):
-            self._serve_client(first.job, connection)
+            self._serve_client(first, connection)
         else:
             log.warning(
                 "%s: %s opened with %s; closing", self.name, connection.peer, type(first).__name__
@@ -675,10 +752,11 @@ class JobManager:
             reason = str(exc)
         self.task_manager_lost(tm_id, reason)
 
-    def _serve_client(self, job: JobGraph, connection: ControlConnection) -> None:
+    def _serve_client(self, submission: SubmitJob, connection: ControlConnection) -> None:
+        job = submission.job
         listener = _ConnectionListener(connection)
         try:
-            self.submit(job, listener)
+            self.submit(job, listener, listener.on_metrics if submission.metrics else None)
         except IllegalStateError as exc:
             result = JobResult(job.job_id, job.name, 0, {}, exc)
             try:
@@ -713,6 +791,12 @@ class _ConnectionListener:
             self._connection.send(batch)
         except ClusterError:
             log.debug("client gone; batch dropped")
+
+    def on_metrics(self, update: JobMetricsUpdate) -> None:
+        try:
+            self._connection.send(update)
+        except ClusterError:
+            log.debug("client gone; metrics dropped")
 
     def on_result(self, result: JobResult) -> None:
         self.done.set()
