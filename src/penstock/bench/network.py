@@ -40,6 +40,7 @@ from penstock.shuffle import (
     ShuffleDescriptor,
     ShuffleEnvironment,
 )
+from penstock.transport.loop import tune_switch_interval
 from penstock.transport.tls import SslOptions
 from penstock.writer.partitioners import BroadcastPartitioner, ChannelSelector, RebalancePartitioner
 from penstock.writer.record_writer import create_record_writer
@@ -237,6 +238,7 @@ def _sender_main(
     benchmark: NetworkBenchmark, connection: multiprocessing.connection.Connection
 ) -> None:
     """The sender process: partitions, writers, and a report of its pool at the end."""
+    tune_switch_interval()
     config = _configuration(benchmark)
     with ShuffleEnvironment.from_configuration(config, name="sender") as environment:
         partitions = [
@@ -301,6 +303,7 @@ def _receive(gate: InputGate, serializer: TypeSerializer[object], timeout_s: flo
 
 def run_throughput(benchmark: NetworkBenchmark, timeout_s: float = 120.0) -> ThroughputResult:
     """Runs one throughput measurement (see the module docstring)."""
+    tune_switch_interval()  # this process is the receiving TaskManager
     if benchmark.local:
         return _run_local_throughput(benchmark, timeout_s)
     context = multiprocessing.get_context("spawn")
@@ -391,6 +394,7 @@ def _latency_sender_main(
     rate: float,
     connection: multiprocessing.connection.Connection,
 ) -> None:
+    tune_switch_interval()
     config = _configuration(benchmark)
     with ShuffleEnvironment.from_configuration(config, name="sender") as environment:
         partition = environment.create_result_partition(
@@ -430,6 +434,7 @@ def run_latency(
 
     The first ``warmup`` samples are dropped (connection set-up, first buffers).
     """
+    tune_switch_interval()
     one_to_one = replace(benchmark, writers=1, channels=1)
     latencies: list[int] = []
     context = multiprocessing.get_context("spawn")

@@ -53,6 +53,7 @@ from penstock.runtime.control import (
 from penstock.runtime.deployment import TaskDeploymentDescriptor
 from penstock.runtime.states import ExecutionState
 from penstock.shuffle import ShuffleEnvironment
+from penstock.transport.loop import tune_switch_interval
 
 __all__ = [
     "COLLECT_WINDOW",
@@ -439,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``PENSTOCK_CLUSTER_SECRET``.
     """
     args = _parse_args(argv)
+    tune_switch_interval()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(processName)s[%(process)d] %(threadName)s "

@@ -615,6 +615,22 @@ class FrameDecoder:
             raise
 
     @property
+    def in_payload(self) -> bool:
+        """True while the rest of a payload is awaited and may be received in place.
+
+        That is, nothing fed is buffered and the current part is a data payload whose
+        region (the allocator's, or the discard area) is known: ``get_buffer()`` then
+        hands out exactly the rest of it. Between payloads, reading large chunks and
+        ``feed``-ing them costs far fewer reads per frame.
+        """
+        return (
+            (self._state is _PAYLOAD or self._state is _SKIP)
+            and self._part is not None
+            and self._pos == len(self._pending)
+            and (self._filled < self._needed)
+        )
+
+    @property
     def at_frame_boundary(self) -> bool:
         """True when no partial frame is buffered: the stream may end here cleanly."""
         return self._state is _FRAME and self._filled == 0 and self._pos == len(self._pending)
