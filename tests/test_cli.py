@@ -481,3 +481,18 @@ def test_plain_table_aligns_numbers_right() -> None:
         "a              1",
         "long name  1,000",
     ]
+
+
+def test_run_job_file_takes_its_default_parallelism_from_dash_d(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "print('parallelism', env.get_parallelism())\n"
+        "env.from_sequence(1, 4).map(lambda x: x).execute_and_collect()\n"
+    )
+    status = main(["run", str(job), "-D", "parallelism.default=3", "-D", "execution.target=local"])
+    assert status == 0
+    assert "parallelism 3" in capsys.readouterr().out

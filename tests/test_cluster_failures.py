@@ -28,7 +28,7 @@ from cluster_helpers import (
     vertex,
 )
 from penstock.config import Configuration
-from penstock.errors import ClusterError, JobExecutionError, RemoteError
+from penstock.errors import ClusterError, JobExecutionError, ProducerFailedError, RemoteError
 from penstock.runtime.client import InProcessSession, execute
 from penstock.runtime.control import CancelTask, CollectBatch, JobResult, Shutdown
 from penstock.runtime.job_graph import JobGraph
@@ -169,6 +169,27 @@ def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: Job
     assert isinstance(result.error, RemoteError)
     assert result.error.type_name == "builtins.KeyError"
     assert not result.cancelled
+
+
+def test_a_producer_failure_reported_after_its_consumers_symptom_is_the_cause(
+    job_manager: JobManager,
+) -> None:
+    tm = FakeTaskManager(job_manager, "tm", 2, 7003).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tdds = tm.deployments(4)
+    for tdd in tdds:
+        tm.report(tdd, ExecutionState.RUNNING)
+    # The consumer sees the producer's failure on its channel first...
+    tm.report(tdds[2], ExecutionState.FAILED, ProducerFailedError("the producer failed"))
+    # ...then the producer's own report, the root cause, arrives.
+    tm.report(tdds[0], ExecutionState.FAILED, ValueError("bad record"))
+    tm.report(tdds[1], ExecutionState.CANCELED)
+    tm.report(tdds[3], ExecutionState.CANCELED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert isinstance(result.error, RemoteError)
+    assert result.error.type_name == "builtins.ValueError"
+    assert "bad record" in str(result.error)
 
 
 @pytest.mark.parametrize(

@@ -85,10 +85,17 @@ class StreamExecutionEnvironment:
     ) -> StreamExecutionEnvironment:
         """A new environment with ``config`` (Flink's keys) on top of the defaults.
 
+        The defaults are Flink's, overridden by those of the command that runs the job
+        (``penstock run JOB.py -D parallelism.default=4``), as ``flink run -p 4`` does.
+
         Raises:
             ConfigurationError: A key is unknown or a value invalid; names both.
         """
-        return cls(config)
+        from penstock.runtime.client import job_defaults
+
+        defaults = job_defaults()
+        own = Configuration(config)
+        return cls(own if defaults is None else defaults | own)
 
     # -- configuration ----------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from penstock.config import (
     JOBMANAGER_RPC_ADDRESS,
     JOBMANAGER_RPC_PORT,
     Configuration,
+    ShuffleOptions,
 )
 from penstock.errors import ClusterError, JobExecutionError
 from penstock.ids import JobID
@@ -64,6 +65,7 @@ from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, required_slots
 from penstock.runtime.minicluster import MiniCluster, task_managers_for
 from penstock.runtime.taskmanager import TaskExecutor
+from penstock.transport.tls import SslOptions
 
 __all__ = [
     "CANCEL_WAIT_S",
@@ -143,6 +145,11 @@ def configure_jobs(defaults: Configuration) -> Iterator[None]:
         yield
     finally:
         _DEFAULTS.reset(token)
+
+
+def job_defaults() -> Configuration | None:
+    """The defaults ``configure_jobs`` installed in this context, if any."""
+    return _DEFAULTS.get()
 
 
 class JobExecutionResult:
@@ -333,10 +340,17 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         metrics: The session also delivers a ``JobMetricsUpdate`` about once a second.
 
     Raises:
+        ConfigurationError: Settings contradict each other (checked before anything
+            starts, where every TaskManager would check them).
         ClusterError: The cluster could not be started or reached.
     """
     defaults = _DEFAULTS.get()
     merged = Configuration(config) if defaults is None else defaults | config
+    # What each TaskManager derives from the configuration, derived here first, so a
+    # contradiction (network min above max, TLS without key material...) names its
+    # key before any process starts instead of killing TaskManagers on the way up.
+    ShuffleOptions.from_configuration(merged)
+    SslOptions.from_configuration(merged)
     target = merged.get(EXECUTION_TARGET)
     if target == "local":
         return _local_session(job, merged, metrics)

@@ -97,6 +97,15 @@ _SYMPTOMS_OF_A_LOST_PEER: Final = frozenset(
     f"penstock.errors.{name}"
     for name in ("RemoteTransportError", "LocalTransportError", "PartitionNotFoundError")
 )
+_SYMPTOMS_OF_ANOTHER_FAILURE: Final = _SYMPTOMS_OF_A_LOST_PEER | frozenset(
+    f"penstock.errors.{name}"
+    for name in ("ProducerFailedError", "PartitionReleasedError", "TaskCancelledError")
+)
+
+
+def _is_symptom(error: BaseException | None) -> bool:
+    """Whether a task failed only because another task or TaskManager failed first."""
+    return isinstance(error, RemoteError) and error.type_name in _SYMPTOMS_OF_ANOTHER_FAILURE
 
 
 class TaskManagerGateway(Protocol):
@@ -574,14 +583,13 @@ class JobManager:
                 self._complete(job, job.first_error, job.status is _JobStatus.CANCELLING)
 
     def _fail(self, job: _Job, error: BaseException) -> None:
-        if (
-            job.status is _JobStatus.FAILING
-            and isinstance(error, ClusterError)
-            and _is_symptom_of_a_lost_peer(job.first_error)
+        if job.status is _JobStatus.FAILING and (
+            (isinstance(error, ClusterError) and _is_symptom_of_a_lost_peer(job.first_error))
+            or (_is_symptom(job.first_error) and not _is_symptom(error))
         ):
-            # A consumer noticed the lost TaskManager's connection before its control
-            # connection broke here: the loss is the root cause, the transport error a
-            # symptom.
+            # The first report was a symptom: a consumer noticed its producer's failure
+            # (or a lost TaskManager's connection) before the producer's own report, or
+            # the loss of its control connection, arrived here. The root cause wins.
             job.first_error = error
         if job.status is _JobStatus.RUNNING:
             log.info("%s: job %r fails: %s", self.name, job.graph.name, error)

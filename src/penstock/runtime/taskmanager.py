@@ -377,8 +377,9 @@ def run_task_manager(
     try:
         executor.start()
         connection = connect(jobmanager, secret)
+        parent_done = threading.Event()
         if watch_stdin:
-            _watch_stdin(connection)
+            _watch_stdin(connection, parent_done)
         connection.send(executor.registration())
         executor.start_heartbeats()
         log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
@@ -388,7 +389,12 @@ def run_task_manager(
                 pass
             status = 0
         except EOFError:
-            log.warning("%s: lost the JobManager at %s:%d", executor.tm_id, *jobmanager)
+            if parent_done.is_set():
+                # The parent closed our stdin (the mini-cluster is closing, or it died):
+                # not a lost JobManager. Exiting 0 matches the Shutdown it would send.
+                status = 0
+            else:
+                log.warning("%s: lost the JobManager at %s:%d", executor.tm_id, *jobmanager)
         except ClusterError as exc:
             log.warning("%s: %s", executor.tm_id, exc)
         return status
@@ -405,12 +411,13 @@ def _send(connection: ControlConnection | None, message: ControlMessage) -> None
     connection.send(message)
 
 
-def _watch_stdin(connection: ControlConnection) -> None:
+def _watch_stdin(connection: ControlConnection, parent_done: threading.Event) -> None:
     def watch() -> None:
         with contextlib.suppress(OSError, ValueError):
             while sys.stdin.buffer.read(4096):
                 pass
         log.info("standard input closed: the parent process is gone or done; shutting down")
+        parent_done.set()
         connection.close()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
