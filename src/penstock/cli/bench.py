@@ -656,12 +656,129 @@ def _failed(command: str, error: BaseException) -> int:
     return 1
 
 
+# -- compare ---------------------------------------------------------------------------
+
+
+def add_compare_parser(subparsers: SubParsers) -> None:
+    """Adds ``bench compare``: penstock and Flink side by side on Flink's workloads."""
+    from penstock.bench.compare import COMPARISONS
+
+    ids = ", ".join(comparison.id for comparison in COMPARISONS)
+    parser = subparsers.add_parser(
+        "compare",
+        help="penstock against Apache Flink on the same workloads, interleaved",
+        description=(
+            "Runs each workload on penstock and on Flink (shared/bench/flink) in turn, "
+            "each run a fresh process, and prints the median and range of each side and "
+            f"their ratio. Workloads: {ids}."
+        ),
+    )
+    parser.add_argument(
+        "--only", default="", metavar="IDS", help="comma-separated workload ids (default: all)"
+    )
+    parser.add_argument(
+        "--reps", type=positive_int, default=3, metavar="K", help="runs per side (default: 3)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="F",
+        help="multiply every throughput workload's record count (default: 1)",
+    )
+    parser.add_argument(
+        "--flink-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the Flink harness (default: $PENSTOCK_FLINK_BENCH or ../shared/bench/flink)",
+    )
+    parser.add_argument("--penstock-only", action="store_true", help="do not run Flink")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(handler=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Runs ``bench compare`` as ``args`` asks; prints a table or JSON."""
+    from penstock.bench.compare import COMPARISONS, FlinkHarness, compare
+
+    wanted = [item for item in args.only.split(",") if item]
+    known = {comparison.id for comparison in COMPARISONS}
+    unknown = [item for item in wanted if item not in known]
+    if unknown:
+        return usage_error(
+            "bench compare", f"unknown workload {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
+    selected = [c for c in COMPARISONS if not wanted or c.id in wanted]
+    flink: FlinkHarness | None = None
+    if not args.penstock_only:
+        located = FlinkHarness.locate(args.flink_dir)
+        if isinstance(located, str):
+            print(f"penstock bench compare: {located} Running penstock alone.", file=sys.stderr)
+        else:
+            flink = located
+    results = compare(
+        selected,
+        reps=args.reps,
+        scale=args.scale,
+        flink=flink,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print_json("compare", [result.to_dict() for result in results])
+        return 0
+    rows = []
+    for result in results:
+        data = result.to_dict()
+        unit = "p99 µs" if result.comparison.is_latency else "records/s"
+        rows.append(
+            [
+                result.comparison.id,
+                unit,
+                _cell(data["penstock_median"], data["penstock_range"]),
+                _cell(data["flink_median"], data["flink_range"]),
+                "-" if data["ratio"] is None else f"{data['ratio']:.2f}",
+            ]
+        )
+    print_table(
+        [
+            Column("workload"),
+            Column("metric"),
+            Column("penstock median [min-max]", numeric=True),
+            Column("Flink median [min-max]", numeric=True),
+            Column("ratio", numeric=True),
+        ],
+        rows,
+        title="penstock bench compare (ratio: penstock/Flink; for latency Flink/penstock)",
+    )
+    failed = [run.error for r in results for run in (*r.penstock, *r.flink) if not run.ok]
+    for error in failed:
+        print(f"penstock bench compare: a run failed: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cell(median: object, spread: object) -> str:
+    if not isinstance(median, int | float):
+        return "-"
+    low, high = spread if isinstance(spread, tuple | list) else (median, median)
+    return f"{_short(median)} [{_short(low)}-{_short(high)}]"
+
+
+def _short(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.0f}"
+
+
 # -- the group -----------------------------------------------------------------------
 
 BENCHMARKS: Final[tuple[Callable[[SubParsers], None], ...]] = (
     add_local_pipeline_parser,
     add_network_throughput_parser,
     add_network_latency_parser,
+    add_compare_parser,
 )
 """The ``add_<name>_parser`` function of every benchmark, in help order."""
 
