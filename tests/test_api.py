@@ -258,6 +258,7 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     module = types.ModuleType("penstock.runtime.client")
     module.execute = client.execute  # type: ignore[attr-defined]
     module.execute_and_collect = client.execute_and_collect  # type: ignore[attr-defined]
+    module.job_defaults = lambda: None  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "penstock.runtime.client", module)
     monkeypatch.setattr(penstock.runtime, "client", module, raising=False)
     return client
