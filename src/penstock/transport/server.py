@@ -10,7 +10,8 @@ PartitionNotFound ErrorResponse, which the client retries with backoff.
 
 Readers with something to send wait in a FIFO queue. The connection writes while the
 transport is writable (asyncio's high/low water marks: ``pause_writing`` and
-``resume_writing``), taking the reader at the head, sending one BufferResponse and
+``resume_writing``; the high mark is one buffer, asyncio's stand-in for Flink's one
+write in flight per connection), taking the reader at the head, sending one BufferResponse and
 putting it back at the tail if it has more: round robin, one buffer per turn, so a busy
 channel cannot starve the others. A reader without credit is not queued at all until
 AddCredit arrives (events excepted, they cost no credit).
@@ -66,12 +67,9 @@ from penstock.transport.messages import (
     TaskEventRequest,
 )
 
-__all__ = ["DEFAULT_WRITE_HIGH_WATER_MARK", "NettyServer"]
+__all__ = ["NettyServer"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WRITE_HIGH_WATER_MARK: Final = 256 * 1024
-"""Bytes buffered in the transport above which the connection stops writing."""
 
 DEFAULT_IDLE_TIMEOUT_S: Final = 60.0
 
@@ -375,7 +373,7 @@ class NettyServer:
         ssl_context: ssl.SSLContext | None = None,
         partition_request_timeout_s: float = 10.0,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
-        write_high_water_mark: int = DEFAULT_WRITE_HIGH_WATER_MARK,
+        write_high_water_mark: int | None = None,
     ) -> None:
         self.partition_manager = partition_manager
         self.loop_thread = loop_thread
@@ -386,7 +384,12 @@ class NettyServer:
         self.ssl_context = ssl_context
         self.partition_request_timeout_s = partition_request_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self.write_high_water_mark = write_high_water_mark
+        # One buffer (frame included) may wait in the transport beyond what the socket
+        # took: asyncio's stand-in for Flink's one write in flight per connection, as
+        # it has no per-write completion. The kernel's socket buffer absorbs the rest.
+        self.write_high_water_mark = (
+            max_buffer_size + 64 if write_high_water_mark is None else write_high_water_mark
+        )
         self.connections: set[_ServerConnection] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
