@@ -462,155 +462,131 @@ class SequenceSourceOperator(_AbstractSource):
 # -- factories --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CollectionSourceFactory:
-    """Builds a ``CollectionSourceOperator`` ("Source: Collection Source")."""
+class _OperatorFactory:
+    """Base of the factories of operators that read input (``is_source`` False)."""
 
-    records: Sequence[object]
+    __slots__ = ()
+
+    @property
+    def is_source(self) -> bool:
+        return False
+
+
+class _SourceFactory:
+    """Base of the factories of source operators (``is_source`` True)."""
+
+    __slots__ = ()
 
     @property
     def is_source(self) -> bool:
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSourceFactory(_SourceFactory):
+    """Builds a ``CollectionSourceOperator`` ("Source: Collection Source")."""
+
+    records: Sequence[object]
 
     def create(self) -> SourceOperator[object]:
         return CollectionSourceOperator(self.records)
 
 
 @dataclass(frozen=True, slots=True)
-class SequenceSourceFactory:
+class SequenceSourceFactory(_SourceFactory):
     """Builds a ``SequenceSourceOperator`` ("Source: Sequence Source")."""
 
     start: int
     end: int
-
-    @property
-    def is_source(self) -> bool:
-        return True
 
     def create(self) -> SourceOperator[object]:
         return SequenceSourceOperator(self.start, self.end)
 
 
 @dataclass(frozen=True, slots=True)
-class MapFactory:
+class MapFactory(_OperatorFactory):
     """Builds a ``MapOperator``."""
 
     fn: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return MapOperator(self.fn)
 
 
 @dataclass(frozen=True, slots=True)
-class FlatMapFactory:
+class FlatMapFactory(_OperatorFactory):
     """Builds a ``FlatMapOperator``."""
 
     fn: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return FlatMapOperator(self.fn)
 
 
 @dataclass(frozen=True, slots=True)
-class FilterFactory:
+class FilterFactory(_OperatorFactory):
     """Builds a ``FilterOperator``."""
 
     fn: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return FilterOperator(self.fn)
 
 
 @dataclass(frozen=True, slots=True)
-class ReduceFactory:
+class ReduceFactory(_OperatorFactory):
     """Builds a keyed ``ReduceOperator``."""
 
     fn: UserFunction
     key_selector: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return ReduceOperator(self.fn, self.key_selector)
 
 
 @dataclass(frozen=True, slots=True)
-class SumFactory:
+class SumFactory(_OperatorFactory):
     """Builds a keyed ``SumOperator`` over a tuple position, dict key or scalar (None)."""
 
     position: int | str | None
     key_selector: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return SumOperator(self.position, self.key_selector)
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessFactory:
+class ProcessFactory(_OperatorFactory):
     """Builds a keyed ``ProcessOperator`` (KeyedProcessFunction)."""
 
     fn: UserFunction
     key_selector: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return ProcessOperator(self.fn, self.key_selector)
 
 
 @dataclass(frozen=True, slots=True)
-class SinkFactory:
+class SinkFactory(_OperatorFactory):
     """Builds a ``SinkOperator`` (``SinkFunction.invoke`` or a callable per record)."""
 
     fn: UserFunction
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return SinkOperator(self.fn)
 
 
 @dataclass(frozen=True, slots=True)
-class PrintSinkFactory:
+class PrintSinkFactory(_OperatorFactory):
     """Builds a ``PrintSinkOperator``."""
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return PrintSinkOperator()
 
 
 @dataclass(frozen=True, slots=True)
-class CollectSinkFactory:
+class CollectSinkFactory(_OperatorFactory):
     """Builds a ``CollectSinkOperator`` (records go to ``RuntimeContext.results_sink``)."""
-
-    @property
-    def is_source(self) -> bool:
-        return False
 
     def create(self) -> StreamOperator[object, object]:
         return CollectSinkOperator()
