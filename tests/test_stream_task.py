@@ -509,6 +509,28 @@ def test_cancel_idle_consumer_wakes_it(shuffle: ShuffleEnvironment) -> None:
     assert all_segments_returned(shuffle)
 
 
+def test_consumer_of_a_cancelled_producer_ends_cancelled(shuffle: ShuffleEnvironment) -> None:
+    """Only the producer is cancelled; the consumer reading its released partition
+    ends CANCELED, as in Flink, because nothing failed."""
+    source = vertex("Source: Sequence Source", 1, ("Source", SequenceSourceFactory(0, 10**9)))
+    sink = vertex("Sink: Collect", 1, ("Sink", CollectSinkFactory()))
+    run = start(
+        job(source, sink, edges=[edge(source, sink, PartitionerSpec("forward"))]),
+        shuffle,
+        sink=lambda _records: None,
+    )
+    assert run.all_running.wait(WAIT)
+    run.task("Source").cancel()
+    run.join()
+
+    assert run.states() == {
+        "Source: Sequence Source (1/1)": ExecutionState.CANCELED,
+        "Sink: Collect (1/1)": ExecutionState.CANCELED,
+    }
+    assert run.errors == {}
+    assert all_segments_returned(shuffle)
+
+
 def test_cancel_before_start(shuffle: ShuffleEnvironment) -> None:
     source = vertex("Source: Collection Source", 1, ("Source", CollectionSourceFactory([1])))
     (tdd,) = deploy(job(source), shuffle)

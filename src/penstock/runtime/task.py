@@ -11,7 +11,8 @@ Theory of operation
                               closed, partitions and gates closed
     any → FAILED              an exception (the user's own object is reported): the
                               partitions fail, so consumers get ProducerFailedError
-    any → CANCELING → CANCELED   after ``cancel()``
+    any → CANCELING → CANCELED   after ``cancel()``, or when a consumed partition was
+                              released because its producer was cancelled
 
 ``on_state`` is called on the task thread at each transition (CANCELED is reported by
 the caller of ``cancel()`` only when the thread never started).
@@ -165,7 +166,7 @@ class Task:
             self._transition(ExecutionState.FINISHED)
         except BaseException as exc:  # every failure ends the task and is reported
             self.metrics.mark_ended()
-            if self._cancel_requested or isinstance(exc, TaskCancelledError):
+            if self._cancel_requested or _caused_by_cancellation(exc):
                 self._end_cancelled()
             else:
                 self._end_failed(exc)
@@ -238,3 +239,21 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task({self.task_name!r}, {self._state.value})"
+
+
+def _caused_by_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` is, or was caused by, a cancellation.
+
+    A consumer whose producer was cancelled reads a partition released with a
+    ``TaskCancelledError`` as its cause; as in Flink (a consumed partition released
+    under a running task raises CancelTaskException), the consumer ends CANCELED
+    too, not FAILED: nothing failed.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TaskCancelledError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False

@@ -40,7 +40,7 @@ from penstock.errors import (
 )
 from penstock.ids import InputChannelID
 from penstock.transport.codec import NEED_DATA, FrameDecoder, encode
-from penstock.transport.loop import EventLoopThread
+from penstock.transport.loop import EventLoopThread, close_connections
 from penstock.transport.messages import (
     AddCredit,
     BacklogAnnouncement,
@@ -81,6 +81,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self._scratch = memoryview(bytearray(_RECEIVE_CHUNK))
         self._direct = False
         self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
 
     # -- asyncio.BufferedProtocol ----------------------------------------------------
@@ -116,6 +117,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         return False  # close the transport; connection_lost reports it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self._client.on_connection_lost(exc)
 
     # -- dispatch --------------------------------------------------------------------
@@ -317,6 +320,14 @@ class NettyPartitionRequestClient:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
 
+    @property
+    def connection(self) -> tuple[asyncio.Transport, asyncio.Future[None]] | None:
+        """The transport and its "lost" future, once connected."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return None
+        return protocol.transport, protocol.lost
+
     def __repr__(self) -> str:
         return f"NettyPartitionRequestClient({self.address}, channels={len(self.channels)})"
 
@@ -393,9 +404,14 @@ class ConnectionManager:
         return len(self._clients)
 
     async def close(self) -> None:
-        """Closes every connection (loop thread)."""
+        """Closes every connection (loop thread) and waits until each is closed."""
         self._closed = True
+        connections = []
         for future in list(self._clients.values()):
             if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().close()
+                client = future.result()
+                client.close()
+                if (connection := client.connection) is not None:
+                    connections.append(connection)
         self._clients.clear()
+        await close_connections(connections)

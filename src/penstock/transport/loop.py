@@ -14,12 +14,18 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
 from penstock.errors import IllegalStateError
 
-__all__ = ["NETWORK_SWITCH_INTERVAL_S", "EventLoopThread", "tune_switch_interval"]
+__all__ = [
+    "CLOSE_GRACE_S",
+    "NETWORK_SWITCH_INTERVAL_S",
+    "EventLoopThread",
+    "close_connections",
+    "tune_switch_interval",
+]
 
 R = TypeVar("R")
 
@@ -33,6 +39,34 @@ and a credit round trip crosses several of them, so throughput between TaskManag
 is bounded by it. 0.5 ms measured best on these machines: 8-byte records between two
 TaskManagers went from 5.0 to 7.0 M records/s.
 """
+
+
+CLOSE_GRACE_S: Final = 1.0
+"""How long a shutting-down network stack lets its connections close cleanly (pending
+writes flushed, TLS close_notify answered) before it aborts them."""
+
+
+async def close_connections(
+    connections: Sequence[tuple[asyncio.Transport, asyncio.Future[None]]],
+    grace_s: float = CLOSE_GRACE_S,
+) -> None:
+    """Closes ``(transport, lost)`` pairs and waits until every one is lost.
+
+    ``lost`` is the future the protocol completes in ``connection_lost``. A transport
+    that has not closed within ``grace_s`` (a peer that reads nothing, a TLS shutdown
+    never answered) is aborted, so that no socket outlives the loop that owns it.
+    """
+    for transport, _ in connections:
+        transport.close()
+    pending = {lost for _, lost in connections if not lost.done()}
+    if not pending:
+        return
+    _, late = await asyncio.wait(pending, timeout=grace_s)
+    for transport, lost in connections:
+        if lost in late:
+            transport.abort()
+    if late:
+        await asyncio.wait(late, timeout=grace_s)
 
 
 def tune_switch_interval(seconds: float = NETWORK_SWITCH_INTERVAL_S) -> None:

@@ -53,7 +53,7 @@ from penstock.transport.codec import (
     encode_buffer_response_header,
 )
 from penstock.transport.credit import CreditBasedReader
-from penstock.transport.loop import EventLoopThread
+from penstock.transport.loop import EventLoopThread, close_connections
 from penstock.transport.messages import (
     AckAllUserRecordsProcessed,
     AddCredit,
@@ -93,6 +93,7 @@ class _ServerConnection(asyncio.Protocol):
         self._writable = True
         self._closed = False
         self._idle_handle: asyncio.TimerHandle | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -127,6 +128,8 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.server.connections.discard(self)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
@@ -421,9 +424,11 @@ class NettyServer:
         """Stops accepting and closes every connection."""
         if self._server is not None:
             self._server.close()
+        closing = []
         for connection in list(self.connections):
             connection.release_all()
             if connection.transport is not None:
-                connection.transport.close()
+                closing.append((connection.transport, connection.lost))
+        await close_connections(closing)
         if self._server is not None:
             await self._server.wait_closed()
