@@ -753,3 +753,38 @@ def test_header_encoding_refuses_ids_out_of_range() -> None:
         encode_buffer_response_header(
             InputChannelID(2**63, 0), 0, 0, 0, DataType.DATA_BUFFER, False, 0
         )
+
+
+@given(st.lists(messages, min_size=1, max_size=6), st.lists(st.integers(1, 97), max_size=8))
+def test_one_reused_receive_area_as_the_client_reads(
+    sent: list[Message], chunks: list[int]
+) -> None:
+    """Fed bytes are decoded where they lie; once NEED_DATA is returned the decoder
+    holds none of them, so the caller may overwrite its receive area."""
+    stream = b"".join(encode(message) for message in sent)
+    area = memoryview(bytearray(256))
+    decoder = FrameDecoder(MAX_BUFFER_SIZE, allocate=Pool().allocate)
+    received: list[Message] = []
+    position = 0
+    sizes = iter(chunks or [97])
+    while position < len(stream):
+        size = min(next(sizes, 97), len(stream) - position)
+        area[:size] = stream[position : position + size]
+        position += size
+        decoder.feed(area[:size])
+        received += drain(decoder)
+        area[:] = b"\xee" * len(area)  # what the next read would do to it
+    same(received, sent)
+    assert decoder.at_frame_boundary
+
+
+def test_bytes_fed_twice_before_draining_are_all_decoded() -> None:
+    receiver = InputChannelID.generate()
+    sent: list[Message] = [AddCredit(i + 1, receiver) for i in range(4)]
+    stream = b"".join(encode(message) for message in sent)
+    decoder = FrameDecoder(MAX_BUFFER_SIZE)
+    first = bytearray(stream[:30])
+    decoder.feed(first)  # lent, not copied
+    decoder.feed(stream[30:])  # the rest of the lent bytes is copied first
+    first[:] = b"\xee" * len(first)
+    same(drain(decoder), sent)

@@ -466,6 +466,7 @@ class FrameDecoder:
         "_max_control_frame",
         "_needed",
         "_own_part",
+        "_owned",
         "_part",
         "_pending",
         "_pos",
@@ -491,7 +492,8 @@ class FrameDecoder:
         self._max_buffer_frame = max_buffer_size + _BUFFER_FRAME_OVERHEAD
         self._max_control_frame = max_control_frame_size
         self._allocate = allocate
-        self._pending = bytearray()
+        self._owned = bytearray()
+        self._pending: bytes | bytearray | memoryview = self._owned
         self._pos = 0
         self._scratch = memoryview(bytearray(BUFFER_RESPONSE_HEADER_LENGTH))
         self._discard: memoryview | None = None
@@ -510,18 +512,35 @@ class FrameDecoder:
     # -- the two ways in ------------------------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Appends received bytes; call ``next_message()`` until it returns NEED_DATA."""
+        """Appends received bytes; call ``next_message()`` until it returns NEED_DATA.
+
+        When nothing fed earlier is still buffered (the usual case: the caller drains
+        the decoder after every read), the bytes are decoded where they lie, and only
+        payloads are copied, once, into their destination. The caller must then leave
+        ``data`` unchanged until ``next_message()`` has returned NEED_DATA, by which
+        time every byte of it has been consumed.
+        """
         self._check_usable()
         pending = self._pending
         pos = self._pos
         if pos == len(pending):
-            if pos:
-                pending.clear()
-                self._pos = 0
-        elif pos >= _COMPACT_AFTER and pos * 2 >= len(pending):
-            del pending[:pos]
+            if pos and pending is self._owned:
+                self._owned.clear()
+            self._pending = data
             self._pos = 0
-        pending += data
+            return
+        owned = self._owned
+        if pending is not owned:  # the rest of lent bytes becomes ours
+            owned.clear()
+            owned += memoryview(pending)[pos:]
+            self._pending = owned
+        elif pos >= _COMPACT_AFTER and pos * 2 >= len(owned):
+            del owned[:pos]
+        else:
+            owned += data
+            return
+        self._pos = 0
+        owned += data
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next bytes must be received: the rest of the current frame part.
@@ -590,6 +609,10 @@ class FrameDecoder:
                     pos = self._pos
                     available = len(pending) - pos
                     if available <= 0:
+                        if pending is not self._owned:  # let go of the caller's bytes
+                            self._pending = self._owned
+                            self._owned.clear()
+                            self._pos = 0
                         return NEED_DATA
                     if filled == 0 and available >= needed and self._part is None:
                         # The whole part is buffered: parse it where it lies.
