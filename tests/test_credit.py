@@ -769,3 +769,41 @@ def test_release_returns_queued_and_free_buffers_and_closes_the_channel() -> Non
     assert setup.client.closed == [setup.channel.id]
     assert setup.channel.get_and_reset_unannounced_credit() == 0  # nothing after release
     setup.close()
+
+
+def test_credit_is_held_back_while_the_sender_has_more() -> None:
+    """Freed segments gather while the sender still holds more credit than they are."""
+    setup = make_channel(initial_credit=4, floating=False)
+    setup.deliver(0, b"a")
+    assert setup.channel.outstanding_credit == 3
+    assert setup.read() == b"a"
+    assert setup.channel.unannounced_credit == 1
+    assert setup.client.credit_notifications == 0  # 1 held back < 3 at the sender
+    setup.close()
+
+
+def test_an_arrival_that_uses_up_the_senders_credit_announces_what_is_held_back() -> None:
+    """The sender's credit falls with every buffer received; held-back credit is due
+    as soon as it is at least as much, even if no segment comes free again (a
+    floating segment read later goes back to the gate's pool, not to the channel)."""
+    setup = make_channel(initial_credit=4, floating=False)
+    setup.deliver(0, b"a")
+    assert setup.read() == b"a"
+    setup.deliver(1, b"b")
+    assert setup.client.credit_notifications == 0  # 1 held back < 2 at the sender
+    setup.deliver(2, b"c")
+    assert setup.channel.outstanding_credit == 1
+    assert setup.client.credit_notifications == 1
+    assert setup.channel.get_and_reset_unannounced_credit() == 1
+    assert setup.channel.outstanding_credit == 2
+    setup.close()
+
+
+def test_when_the_sender_has_no_credit_every_freed_segment_is_announced() -> None:
+    setup = make_channel(initial_credit=2, floating=False)
+    setup.deliver(0, b"a")
+    setup.deliver(1, b"b")
+    assert setup.channel.outstanding_credit == 0
+    assert setup.read() == b"a"
+    assert setup.client.credit_notifications == 1
+    setup.close()

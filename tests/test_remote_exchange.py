@@ -156,6 +156,23 @@ def test_records_spanning_buffers_arrive_whole_and_every_segment_returns(
     finish_and_check_pools(sender, receiver)
 
 
+@pytest.mark.slow
+def test_one_channel_of_large_records_streams_to_the_end(exchange: Exchange) -> None:
+    """The benchmark's shape: one channel carrying many full buffers, so the receiver
+    lives on exclusive and floating credit, announced in batches, for thousands of
+    round trips."""
+    spec = ExchangeSpec(writers=1, channels=1, records_per_channel=60_000, record_size=1024)
+    sender, plan = exchange.sender(spec)
+    receiver = exchange.receiver(spec, plan)
+    sender.call("go")
+
+    sent, received = run_to_the_end(sender, receiver)
+
+    assert_all_delivered(spec, received, sent)
+    assert received.buffers >= 1883  # 60,000 frames of 1028 bytes fill 1,882.3 buffers
+    finish_and_check_pools(sender, receiver)
+
+
 # -- 2. backpressure ---------------------------------------------------------------------
 
 BACKPRESSURE_SPEC: Final = ExchangeSpec(

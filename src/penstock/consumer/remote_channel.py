@@ -16,6 +16,14 @@ on two threads share it:
   sent in one AddCredit when the network thread gets to it (several recycles, one
   message).
 
+Credit is announced in batches. The channel knows how much credit the sender still
+holds (*outstanding*: the initial credit plus every AddCredit, less the data buffers
+received), and asks for an AddCredit only once it holds back at least as much as
+that: while the sender has plenty, freed segments gather, so one message carries
+several credits instead of one message, one wake-up of the network thread and two
+system calls for each buffer. It can never stall: when the sender's credit runs out,
+outstanding is 0 and the next freed segment is announced at once.
+
 The queue can never hold more buffers than the channel gave credit for, so it is
 bounded by construction. Failures (a lost connection, an error from the producer, a
 sequence gap) are stored and raised by the next ``get_next_buffer``. A partition that is
@@ -114,6 +122,9 @@ class RemoteInputChannel(InputChannel):
         self._received: deque[Buffer] = deque()
         self._expected_sequence = 0
         self._unannounced_credit = 0
+        self._credit_granted = initial_credit  # the PartitionRequest's, then each AddCredit
+        self._credit_used = 0  # data buffers received against it
+        self._announce_pending = False
         self._client: PartitionRequestClient | None = None
         self._pending_segment: MemorySegment | None = None
         self._last_backlog = 0
@@ -164,6 +175,7 @@ class RemoteInputChannel(InputChannel):
         self._expected_sequence += 1
         data_type = response.data_type
         if data_type.is_buffer:
+            self._credit_used += 1  # before the buffer can be read and recycled
             if segment is None:
                 # An empty data buffer (nothing was allocated): its credit is free again.
                 self.notify_buffer_available(1)
@@ -180,9 +192,13 @@ class RemoteInputChannel(InputChannel):
             was_empty = not self._received
             if not released:
                 self._received.append(buffer)
+            # The sender's credit just went down: credit held back may be due now.
+            client = None if released else self._claim_announcement()
         if released:
             buffer.recycle()
             return
+        if client is not None:
+            client.notify_credit_available(self)
         if was_empty:
             self.notify_data_available()
         self.on_sender_backlog(response.backlog)
@@ -214,23 +230,45 @@ class RemoteInputChannel(InputChannel):
         self._client.request_subpartition(self, self._current_backoff_ms)
 
     def get_and_reset_unannounced_credit(self) -> int:
+        """The credit to announce now (counted as granted from here on)."""
         with self._lock:
             credit = self._unannounced_credit
             self._unannounced_credit = 0
-            return 0 if self._released else credit
+            self._announce_pending = False
+            if self._released:
+                return 0
+            self._credit_granted += credit
+            return credit
 
     # -- any thread ------------------------------------------------------------------
 
     def notify_buffer_available(self, count: int) -> None:
-        """``count`` more segments are free: announce them (coalesced) to the sender."""
+        """``count`` more segments are free: announce them (batched) to the sender."""
         with self._lock:
             if self._released:
                 return
-            announce = self._unannounced_credit == 0
             self._unannounced_credit += count
-            client = self._client
-        if announce and client is not None:
+            client = self._claim_announcement()
+        if client is not None:
             client.notify_credit_available(self)
+
+    def _claim_announcement(self) -> PartitionRequestClient | None:
+        """The client to ask for an AddCredit if one is due (call holding the lock).
+
+        Due when credit is held back and at least as much as the sender still has;
+        checked whenever either changes: a segment comes free, a buffer arrives.
+        """
+        unannounced = self._unannounced_credit
+        client = self._client
+        if (
+            client is None
+            or self._announce_pending
+            or unannounced == 0
+            or unannounced < self._credit_granted - self._credit_used
+        ):
+            return None
+        self._announce_pending = True
+        return client
 
     # -- the task thread -------------------------------------------------------------
 
@@ -268,6 +306,11 @@ class RemoteInputChannel(InputChannel):
     @property
     def unannounced_credit(self) -> int:
         return self._unannounced_credit
+
+    @property
+    def outstanding_credit(self) -> int:
+        """Credit the sender has been given and not used yet (as far as known here)."""
+        return self._credit_granted - self._credit_used
 
     @property
     def expected_sequence_number(self) -> int:
