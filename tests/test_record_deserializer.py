@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penstock.buffer.buffer import Buffer
-from penstock.errors import CorruptRecordError
+from penstock.errors import CorruptRecordError, SerializationError
 from penstock.memory.segment import MemorySegment
+from penstock.serialization._frames import _complete_payloads
 from penstock.serialization.record_deserializer import (
     DEFAULT_SPILL_THRESHOLD,
     RecordDeserializer,
@@ -467,3 +468,27 @@ def test_random_bytes_give_records_or_corrupt_record_error(
             read_all(deserializer, chunks_of(garbage, buffer_size))
         except CorruptRecordError as exc:
             assert exc.channel == CHANNEL
+
+
+# -- runs of equal-length frames, cut in bulk ----------------------------------------------
+
+
+def _frames(*payloads: bytes) -> bytes:
+    return b"".join(struct.pack(">i", len(p)) + p for p in payloads)
+
+
+@pytest.mark.parametrize("run", [0, 7, 8, 9, 31, 300])
+@pytest.mark.parametrize("size", [0, 1, 100, 1024])
+def test_a_run_of_equal_frames_then_others_is_cut_exactly(run: int, size: int) -> None:
+    equal = [bytes([i % 256]) * size for i in range(run)]
+    others = [b"x" * (size + 1), b"", b"yz" * 3]
+    data = _frames(*equal, *others) + b"\x00\x00"  # and the start of a length
+    payloads, consumed = _complete_payloads(memoryview(data))
+    assert payloads == [*equal, *others]
+    assert consumed == len(data) - 2
+
+
+def test_a_run_broken_by_a_negative_length_is_an_error_after_the_run() -> None:
+    data = _frames(*[b"abcd"] * 10) + struct.pack(">i", -1) + b"abcd" * 4
+    with pytest.raises(SerializationError, match="negative record length -1 at offset 80"):
+        _complete_payloads(memoryview(data))
