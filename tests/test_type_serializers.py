@@ -509,3 +509,19 @@ def test_every_serializer_pickles_as_job_graphs_need(
     framed = serializer.serialize_frames(records)
     assert copy.serialize_frames(records) == framed
     assert copy.deserialize_frames(memoryview(framed)) == records
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 128, 200])
+@pytest.mark.parametrize("odd_one", [None, 0, -1])
+def test_bytes_frames_of_one_length_in_bulk_equal_one_by_one(
+    count: int, odd_one: int | None
+) -> None:
+    """Equal-length payloads are framed by chunks of a cached Struct; the frames are
+    the same bytes as framing each record alone, whatever breaks the run."""
+    records = [bytes([i % 256]) * 100 for i in range(count)]
+    if odd_one is not None:
+        records[odd_one] = b"different length"
+    serializer = BytesSerializer()
+    expected = b"".join(struct.pack(">i", len(r)) + r for r in records)
+    assert serializer.serialize_frames(records) == expected
+    assert serializer.deserialize_frames(memoryview(expected)) == records

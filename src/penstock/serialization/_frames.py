@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import pickle
 import struct
-from typing import Final, TypeAlias, cast
+from typing import Final, NoReturn, TypeAlias, cast
 
 import cloudpickle
 
@@ -34,17 +34,51 @@ _STRUCT_CACHE_SIZE: Final = 32
 _NUMPY_MIN_FRAMES: Final = 16
 
 
+_PACK_CHUNK: Final = 64
+"""Equal-length payloads are framed this many at a time by one cached ``Struct``
+(measured: 64 beats 256 and 1024, whose calls take too many arguments at once)."""
+
+
 def _frame_payloads(payloads: list[bytes]) -> bytes:
-    """Frames ready payloads with one ``b"".join`` over ``[prefix, payload, ...]``."""
+    """Frames ready payloads (``[length][payload]`` each), concatenated.
+
+    Payloads of one length (fixed-width ids, hashes, a benchmark's records) are framed
+    ``_PACK_CHUNK`` at a time by one cached ``Struct``, lengths and payloads together,
+    up to twice as fast as making a 4-byte prefix object per record; the rest go
+    through one ``b"".join`` over ``[prefix, payload, ...]``.
+    """
     count = len(payloads)
-    parts: list[bytes] = [b""] * (2 * count)
+    lengths = list(map(len, payloads))
+    if count < _PACK_CHUNK or lengths.count(lengths[0]) != count:
+        return _join_frames(payloads, lengths)
+    size = lengths[0]
+    if size > MAX_PAYLOAD_SIZE:
+        _too_large()
+    pack = _equal_frames_struct(size, _PACK_CHUNK).pack
+    flat: list[object] = [size] * (2 * _PACK_CHUNK)
+    full = count - count % _PACK_CHUNK
+    parts: list[bytes] = []
+    for first in range(0, full, _PACK_CHUNK):
+        flat[1::2] = payloads[first : first + _PACK_CHUNK]
+        parts.append(pack(*flat))
+    if full < count:
+        parts.append(_join_frames(payloads[full:], lengths[full:]))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _join_frames(payloads: list[bytes], lengths: list[int]) -> bytes:
+    parts: list[bytes] = [b""] * (2 * len(payloads))
     try:
-        parts[0::2] = map(_LENGTH.pack, map(len, payloads))
-    except struct.error as exc:
-        msg = f"a payload is larger than the maximum frame payload of {MAX_PAYLOAD_SIZE} bytes"
-        raise SerializationError(msg) from exc
+        parts[0::2] = map(_LENGTH.pack, lengths)
+    except struct.error:
+        _too_large()
     parts[1::2] = payloads
     return b"".join(parts)
+
+
+def _too_large() -> NoReturn:
+    msg = f"a payload is larger than the maximum frame payload of {MAX_PAYLOAD_SIZE} bytes"
+    raise SerializationError(msg)
 
 
 def _split_frames(data: memoryview | bytes) -> tuple[bytes, list[tuple[int, int]]]:
