@@ -8,7 +8,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 from hypothesis import given, settings
@@ -265,6 +265,29 @@ def test_emit_batch_writes_what_emit_writes(
         for record in op if isinstance(op, list) else [op[1]]:
             routed[selector.select_channel(record)].append(record)
     assert [d.data for d in actual] == [frames(serializer, group) for group in routed]
+
+
+@pytest.mark.parametrize("sizes", [[1024], [1024, 7, 5000, 0], [20_000, 20]], ids=str)
+def test_a_large_batch_framed_in_slices_writes_what_emit_writes(sizes: list[int]) -> None:
+    """Batches that would frame to more than 128 KiB are framed in slices; the bytes
+    and their order are those of emitting each record."""
+    records = [bytes([i % 251]) * sizes[i % len(sizes)] for i in range(600)]
+    one_by_one = Output(2, 32 * 1024)
+    batched = Output(2, 32 * 1024)
+    serializer: TypeSerializer[bytes] = BytesSerializer()
+    reference = create_record_writer(
+        one_by_one.partition, serializer, cast("Any", make_selector("rebalance", 7)), -1
+    )
+    writer = create_record_writer(
+        batched.partition, serializer, cast("Any", make_selector("rebalance", 7)), -1
+    )
+    for record in records:
+        reference.emit(record)
+    writer.emit_batch(records[:5])  # small: framed at once
+    writer.emit_batch(records[5:])
+    assert [d.data for d in batched.finish_and_drain()] == [
+        d.data for d in one_by_one.finish_and_drain()
+    ]
 
 
 @pytest.mark.parametrize("segment_size", [16, 64, 4096])

@@ -55,6 +55,15 @@ FLUSH_ALWAYS: Final = 0
 FLUSH_WHEN_FULL: Final = -1
 
 _LENGTH: Final = struct.Struct(">i")
+
+_FRAMES_PROBE_MIN: Final = 16
+"""Batches of up to this many records are framed at once, unmeasured."""
+
+_FRAMES_SLICE_LIMIT: Final = 128 * 1024
+"""A batch framing to more than this (malloc's default mmap threshold) is sliced."""
+
+_FRAMES_SLICE_BYTES: Final = 64 * 1024
+"""Framed bytes per slice: two segments, within a core's cache."""
 _pack_length = _LENGTH.pack
 _pack_length_into = _LENGTH.pack_into
 
@@ -324,19 +333,40 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         if not records:
             return
         partition = self.partition
-        serialize_frames = self.serializer.serialize_frames
         if self.num_channels == 1:
             self.selector.split(records)  # keeps the selector's state as emit would
-            partition.emit_record(serialize_frames(records), 0)
+            self._emit_frames(records, 0)
             if self.flush_always:
                 partition.flush(0)
         else:
             for target, group in enumerate(self.selector.split(records)):
                 if group:
-                    partition.emit_record(serialize_frames(group), target)
+                    self._emit_frames(group, target)
                     if self.flush_always:
                         partition.flush(target)
         self.num_records_out += len(records)
+
+    def _emit_frames(self, records: Sequence[T], target: int) -> None:
+        """Serializes ``records`` and emits them, a large batch in slices.
+
+        Framing a whole batch of large records at once makes one large bytes object:
+        past malloc's mmap threshold every batch costs fresh pages (a page fault per
+        4 KiB), and the copy into buffers reads memory no cache holds any more. With
+        1000 records of 1 KiB per batch, framing took half of a source's time. The
+        first record tells the size of a frame; a batch that would frame to more
+        than ``_FRAMES_SLICE_LIMIT`` bytes goes in slices of ``_FRAMES_SLICE_BYTES``.
+        """
+        serialize_frames = self.serializer.serialize_frames
+        emit_record = self.partition.emit_record
+        count = len(records)
+        if count > _FRAMES_PROBE_MIN:
+            frame = len(self.serializer.serialize(records[0])) + 4
+            if count * frame > _FRAMES_SLICE_LIMIT:
+                per_slice = max(1, _FRAMES_SLICE_BYTES // frame)
+                for first in range(0, count, per_slice):
+                    emit_record(serialize_frames(records[first : first + per_slice]), target)
+                return
+        emit_record(serialize_frames(records), target)
 
 
 class BroadcastRecordWriter(RecordWriter[T]):
