@@ -8,13 +8,15 @@ requested subpartition; if the partition is not registered yet, the request wait
 it up to ``taskmanager.network.partition-request-timeout`` and is then answered with a
 PartitionNotFound ErrorResponse, which the client retries with backoff.
 
-Readers with something to send wait in a FIFO queue. The connection writes while the
-transport is writable (asyncio's high/low water marks: ``pause_writing`` and
+Readers with something to send wait in a FIFO queue. The connection serves them while
+the transport is writable (asyncio's high/low water marks: ``pause_writing`` and
 ``resume_writing``; the high mark is one buffer, asyncio's stand-in for Flink's one
-write in flight per connection), taking the reader at the head, sending one BufferResponse and
-putting it back at the tail if it has more: round robin, one buffer per turn, so a busy
-channel cannot starve the others. A reader without credit is not queued at all until
-AddCredit arrives (events excepted, they cost no credit).
+write in flight per connection), taking the reader at the head, framing one
+BufferResponse and putting it back at the tail if it has more: round robin, one buffer
+per turn, so a busy channel cannot starve the others. The frames of consecutive turns
+are gathered and written at once, up to 256 KiB: one system call for several buffers.
+A reader without credit is not queued at all until AddCredit arrives (events excepted,
+they cost no credit).
 
 Producer threads only ever say "this reader has data" (``notify_data_available``); that
 hops onto the loop with ``call_soon_threadsafe``, once per buffer transition.
@@ -415,9 +417,10 @@ class NettyServer:
         self.ssl_context = ssl_context
         self.partition_request_timeout_s = partition_request_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        # One buffer (frame included) may wait in the transport beyond what the socket
-        # took: asyncio's stand-in for Flink's one write in flight per connection, as
-        # it has no per-write completion. The kernel's socket buffer absorbs the rest.
+        # Writing stops once more than one buffer (frame included) waits in the
+        # transport beyond what the socket took: asyncio's stand-in for Flink's one
+        # write in flight per connection, as it has no per-write completion. A
+        # gathered write may leave up to 256 KiB there; the kernel absorbs the rest.
         self.write_high_water_mark = (
             max_buffer_size + 64 if write_high_water_mark is None else write_high_water_mark
         )
