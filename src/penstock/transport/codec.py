@@ -610,8 +610,7 @@ class FrameDecoder:
                     available = len(pending) - pos
                     if available <= 0:
                         if pending is not self._owned:  # let go of the caller's bytes
-                            self._pending = self._owned
-                            self._owned.clear()
+                            self._pending = self._owned  # empty: cleared when they came
                             self._pos = 0
                         return NEED_DATA
                     if filled == 0 and available >= needed and self._part is None:

@@ -239,7 +239,15 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
     def _emit_fixed(self, record: T) -> None:
         if self._flusher_error is not None:
             self._check_flusher()
-        target = self._select(record)
+        self._write_fixed(record, self._select(record))
+
+    def _emit_fixed_to_first(self, record: T) -> None:
+        if self._flusher_error is not None:
+            self._check_flusher()
+        self._write_fixed(record, 0)
+
+    def _write_fixed(self, record: T, target: int) -> None:
+        """Packs a fixed-size frame in place, or hands it to the partition at a boundary."""
         frame_struct = self._frame_struct
         assert frame_struct is not None
         builder = self._builders[target]
@@ -259,30 +267,6 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         except struct.error:
             self._raise_unserializable(record)
         self.partition.emit_record(frame, target)
-        self.num_records_out += 1
-
-    def _emit_fixed_to_first(self, record: T) -> None:
-        if self._flusher_error is not None:
-            self._check_flusher()
-        frame_struct = self._frame_struct
-        assert frame_struct is not None
-        builder = self._builders[0]
-        if builder is not None:
-            position = builder.position
-            end = position + frame_struct.size
-            if end < builder.capacity:
-                try:
-                    frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
-                except struct.error:
-                    self._raise_unserializable(record)
-                builder.position = end
-                self.num_records_out += 1
-                return
-        try:
-            frame = frame_struct.pack(frame_struct.size - 4, record)
-        except struct.error:
-            self._raise_unserializable(record)
-        self.partition.emit_record(frame, 0)
         self.num_records_out += 1
 
     def _emit_payload(self, record: T) -> None:
