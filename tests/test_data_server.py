@@ -954,3 +954,60 @@ def test_a_connection_closed_by_its_last_channel_is_not_handed_to_a_new_one(
         gate_b.close()
         first.close()
         second.close()
+
+
+# --------------------------------------------------------------------------------------
+# Writes made by the thread that has the bytes, while the network thread is busy
+# --------------------------------------------------------------------------------------
+
+
+BUSY_S: Final = 2.0
+"""How long a test waits for what must happen while the network thread is busy."""
+
+
+@contextlib.contextmanager
+def busy_loop(env: ShuffleEnvironment) -> Iterator[None]:
+    """Keeps ``env``'s network thread inside a callback for the duration of the block."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def block() -> None:
+        entered.set()
+        release.wait(TIMEOUT_S)
+
+    env.loop_thread.call_soon(block)
+    assert entered.wait(TIMEOUT_S)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def wait_until(condition: Callable[[], bool], what: str, within_s: float = TIMEOUT_S) -> None:
+    pause = threading.Event()
+    for _ in range(int(within_s / 0.005)):
+        if condition():
+            return
+        pause.wait(0.005)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def test_a_producer_sends_its_flushed_buffer_itself_while_the_network_thread_is_busy(
+    environment: EnvironmentFactory,
+) -> None:
+    env = environment("producer")
+    partition = make_partition(env)
+    peer = RawPeer(env.data_address)
+    receiver = peer.request(partition.partition_id, credit=3)
+    write(partition, [1])
+    assert peer.read_records(receiver, 1) == ([1], False)  # the reader is attached
+    with busy_loop(env):
+        write(partition, [2])  # flushed on this thread: it writes the frame itself
+        peer.sock.settimeout(BUSY_S)  # well before the loop is free again
+        assert peer.read_records(receiver, 1) == ([2], False)
+        peer.sock.settimeout(TIMEOUT_S)
+    partition.finish()
+    assert peer.read_records(receiver) == ([], True)
+    peer.close()
+    partition.close()
+    assert_all_segments_returned(env)

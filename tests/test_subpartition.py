@@ -562,6 +562,28 @@ def test_flush_tells_once_until_drained() -> None:
     s.teardown()
 
 
+def test_only_partial_data_is_a_flushed_open_buffer_and_nothing_else() -> None:
+    """What the data server writes on the flushing thread: a flush, not a full buffer."""
+    setup = make_setup()
+    builder = setup.add_buffer(b"abc")
+    assert not setup.view.has_only_partial_data  # not flushed: nothing readable
+    setup.subpartition.flush()
+    assert setup.view.has_only_partial_data
+    setup.poll()
+    assert not setup.view.has_only_partial_data  # read: the flush is served
+    builder.append(b"d" * (SEGMENT_SIZE - 3))  # the buffer fills up and is finished
+    builder.finish()
+    setup.add_buffer(b"e")
+    setup.subpartition.flush()
+    assert not setup.view.has_only_partial_data  # a finished buffer comes first
+    setup.poll()
+    assert setup.view.has_only_partial_data
+    setup.poll()
+    setup.add_event(EndOfPartitionEvent())
+    assert not setup.view.has_only_partial_data
+    setup.teardown()
+
+
 def test_flush_of_empty_subpartition_is_a_no_op() -> None:
     s = make_setup()
     s.subpartition.flush()

@@ -231,6 +231,12 @@ class PipelinedSubpartition:
         if notify and view is not None:
             view.notify_data_available()
 
+    @property
+    def has_only_partial_data(self) -> bool:
+        """Whether all there is to read is the flushed part of the open buffer."""
+        with self._lock:
+            return self._flush_requested and self._finished_buffers() == 0 and not self._is_blocked
+
     def get_availability_and_backlog(self, has_credit: bool) -> tuple[bool, int]:
         """Whether the reader may poll now (events need no credit), and the backlog."""
         with self._lock:

@@ -61,6 +61,11 @@ class PipelinedSubpartitionView:
     def get_availability_and_backlog(self, has_credit: bool) -> tuple[bool, int]:
         return self.subpartition.get_availability_and_backlog(has_credit)
 
+    @property
+    def has_only_partial_data(self) -> bool:
+        """Whether all there is to read is the flushed part of the open buffer."""
+        return self.subpartition.has_only_partial_data
+
     def is_available(self, has_credit: bool = True) -> bool:
         return self.subpartition.get_availability_and_backlog(has_credit)[0]
 

@@ -18,8 +18,12 @@ are gathered and written at once, up to 256 KiB: one system call for several buf
 A reader without credit is not queued at all until AddCredit arrives (events excepted,
 they cost no credit).
 
-Producer threads only ever say "this reader has data" (``notify_data_available``); that
-hops onto the loop with ``call_soon_threadsafe``, once per buffer transition.
+Producer threads say "this reader has data" (``notify_data_available``) once per
+buffer transition; that hops onto the loop with ``call_soon_threadsafe``. A flushed,
+partly filled buffer is the exception: someone waits for it, so the flushing thread
+writes it itself when the connection is idle (``transport.direct.DirectWriter``).
+Readers, their queue and the connection's writes are guarded by one lock, which the
+loop takes and other threads only try.
 
 Failures stay local: a failed producer is reported to its channel with a per-channel
 ErrorResponse; a protocol violation gets a fatal ErrorResponse and closes that
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -56,6 +61,7 @@ from penstock.transport.codec import (
     encode_buffer_response_header,
 )
 from penstock.transport.credit import CreditBasedReader
+from penstock.transport.direct import DirectWriter
 from penstock.transport.loop import EventLoopThread, close_connections
 from penstock.transport.messages import (
     AckAllUserRecordsProcessed,
@@ -98,6 +104,9 @@ class _ServerConnection(asyncio.Protocol):
         ] = {}
         self._writable = True
         self._closed = False
+        self._writer: DirectWriter | None = None
+        self._lock = threading.RLock()
+        """Orders the connection's writes and guards its readers (loop and producers)."""
         self._idle_handle: asyncio.TimerHandle | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -109,18 +118,20 @@ class _ServerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         transport.set_write_buffer_limits(high=self.server.write_high_water_mark)
+        self._writer = DirectWriter.for_transport(transport, self.server.loop_thread, self._lock)
         self.server.connections.add(self)
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
         self._arm_idle_timer()
-        try:
-            self._decoder.feed(data)
-            while (message := self._decoder.next_message()) is not NEED_DATA:
-                self._handle(message)
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            log.warning("Closing the connection from %s: %s", self.peer, exc)
-            self._send_fatal_and_close(exc)
+        with self._lock:
+            try:
+                self._decoder.feed(data)
+                while (message := self._decoder.next_message()) is not NEED_DATA:
+                    self._handle(message)
+            except (RemoteProtocolError, LocalProtocolError) as exc:
+                log.warning("Closing the connection from %s: %s", self.peer, exc)
+                self._send_fatal_and_close(exc)
 
     def eof_received(self) -> bool:
         return False
@@ -129,11 +140,15 @@ class _ServerConnection(asyncio.Protocol):
         self._writable = False
 
     def resume_writing(self) -> None:
-        self._writable = True
-        self._write_available()
+        with self._lock:
+            self._writable = True
+            self._write_available()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
         if not self.lost.done():
             self.lost.set_result(None)
         self.server.connections.discard(self)
@@ -219,22 +234,24 @@ class _ServerConnection(asyncio.Protocol):
     def _on_partition_registered(
         self, partition: ResultPartition, request: PartitionRequest, reader: CreditBasedReader
     ) -> None:
-        self._listeners.pop(request.receiver_id, None)
-        handle = self._waiting.pop(request.receiver_id, None)
-        if handle is None or self._closed:
-            return  # timed out, cancelled or the connection is gone
-        handle.cancel()
-        self._attach(partition, request, reader)
+        with self._lock:
+            self._listeners.pop(request.receiver_id, None)
+            handle = self._waiting.pop(request.receiver_id, None)
+            if handle is None or self._closed:
+                return  # timed out, cancelled or the connection is gone
+            handle.cancel()
+            self._attach(partition, request, reader)
 
     def _on_partition_request_timeout(self, request: PartitionRequest) -> None:
-        self._forget_listener(request.receiver_id)
-        if self._waiting.pop(request.receiver_id, None) is None:
-            return
-        self._send(
-            ErrorResponse.from_exception(
-                PartitionNotFoundError(request.partition_id), request.receiver_id
+        with self._lock:
+            self._forget_listener(request.receiver_id)
+            if self._waiting.pop(request.receiver_id, None) is None:
+                return
+            self._send(
+                ErrorResponse.from_exception(
+                    PartitionNotFoundError(request.partition_id), request.receiver_id
+                )
             )
-        )
 
     def _attach(
         self, partition: ResultPartition, request: PartitionRequest, reader: CreditBasedReader
@@ -252,8 +269,28 @@ class _ServerConnection(asyncio.Protocol):
 
     def notify_reader(self, reader: CreditBasedReader) -> None:
         """A reader's subpartition has new data (loop thread)."""
-        if not self._closed and not reader.is_released:
+        with self._lock:
+            if not self._closed and not reader.is_released:
+                self._enqueue_if_available(reader)
+
+    def try_write_directly(self, reader: CreditBasedReader) -> bool:
+        """Serves ``reader`` on the calling thread if the connection is idle (any thread).
+
+        True if done (or nothing was to be done); False if the loop must do it: the
+        connection is busy with another thread, has bytes waiting, is paused, or is TLS.
+        """
+        writer = self._writer
+        if writer is None or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or reader.is_released:
+                return True
+            if self._available or not self._writable or not writer.is_idle:
+                return False
             self._enqueue_if_available(reader)
+            return True
+        finally:
+            self._lock.release()
 
     def _enqueue_if_available(self, reader: CreditBasedReader) -> None:
         if reader.in_queue or not reader.is_available():
@@ -266,6 +303,10 @@ class _ServerConnection(asyncio.Protocol):
     def _write_available(self) -> None:
         """Serves available readers round robin, one buffer per turn, while writable.
 
+        Runs under the connection's lock, on the loop thread or (through
+        ``try_write_directly``) on a producer's thread while the connection is idle. The
+        latter stops once the socket is full and lets the loop go on from there.
+
         The frames of consecutive turns are gathered and written together, up to
         ``_WRITE_BATCH_BYTES`` at a time: one system call, and one release of the GIL,
         for several buffers instead of two of each per buffer. Each call to
@@ -273,14 +314,17 @@ class _ServerConnection(asyncio.Protocol):
         keeps it for up to the switch interval, so fewer writes also mean fewer
         waits for the network thread. The buffers are recycled once copied.
         """
-        transport = self.transport
         available = self._available
+        writer = self._writer
+        off_loop = writer is not None and not self.server.loop_thread.is_loop_thread
         parts: list[bytes | memoryview] = []
         buffers: list[Buffer] = []
         gathered = 0
         try:
             while self._writable and available and not self._closed:
-                assert transport is not None
+                if off_loop and not writer.is_idle:  # type: ignore[union-attr]
+                    self.server.loop_thread.call_soon(self._continue_writing)
+                    break
                 reader = available.popleft()
                 reader.in_queue = False
                 try:
@@ -315,12 +359,15 @@ class _ServerConnection(asyncio.Protocol):
         finally:
             self._flush(parts, buffers)
 
+    def _continue_writing(self) -> None:
+        with self._lock:
+            self._write_available()
+
     def _flush(self, parts: list[bytes | memoryview], buffers: list[Buffer]) -> int:
         """Writes the gathered frames in one call and recycles their buffers."""
         try:
-            if parts and self.transport is not None and not self.transport.is_closing():
-                # The transport sends now or copies what it cannot send yet.
-                self.transport.write(b"".join(parts))
+            if parts:
+                self._write(parts)
         finally:
             for buffer in buffers:
                 buffer.recycle()
@@ -329,8 +376,14 @@ class _ServerConnection(asyncio.Protocol):
         return 0
 
     def _send(self, message: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(message))
+        self._write([encode(message)])
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
+        """Sends now or copies what cannot be sent yet (any thread, under the lock)."""
+        if self._writer is not None:
+            self._writer.write(parts)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(parts))
 
     # -- teardown ----------------------------------------------------------------------
 
@@ -349,14 +402,15 @@ class _ServerConnection(asyncio.Protocol):
             reader.release()
 
     def release_all(self) -> None:
-        for receiver_id in list(self._readers):
-            self._release_reader(receiver_id)
-        for receiver_id in list(self._listeners):
-            self._forget_listener(receiver_id)
-        for handle in self._waiting.values():
-            handle.cancel()
-        self._waiting.clear()
-        self._available.clear()
+        with self._lock:
+            for receiver_id in list(self._readers):
+                self._release_reader(receiver_id)
+            for receiver_id in list(self._listeners):
+                self._forget_listener(receiver_id)
+            for handle in self._waiting.values():
+                handle.cancel()
+            self._waiting.clear()
+            self._available.clear()
 
     def _send_fatal_and_close(self, error: BaseException) -> None:
         self._send(ErrorResponse.from_exception(error, None))
@@ -447,9 +501,24 @@ class NettyServer:
         return self.host, self.port
 
     def notify_reader(self, reader: CreditBasedReader) -> None:
-        """From any thread: the reader's subpartition has data."""
+        """From any thread: the reader's subpartition has data.
+
+        A flushed, partly filled buffer (buffer timeout 0, the output flusher, a slow
+        source) is what a consumer waits for: the flushing thread writes it itself
+        when the connection is idle, sparing it a hand-off to the loop (a wake-up,
+        then a wait for the GIL). Full buffers are left to the loop, which sends them
+        while the producer fills the next: a send on loopback runs the whole TCP path
+        in the caller, and on the producer's thread it would hold the producer up.
+        """
         connection: _ServerConnection = reader.connection  # type: ignore[attr-defined]
-        self.loop_thread.call_soon(connection.notify_reader, reader)
+        view = reader.view
+        if (
+            self.loop_thread.is_loop_thread
+            or view is None
+            or not view.has_only_partial_data
+            or not connection.try_write_directly(reader)
+        ):
+            self.loop_thread.call_soon(connection.notify_reader, reader)
 
     async def close(self) -> None:
         """Stops accepting and closes every connection."""
