@@ -19,6 +19,7 @@ from typing import Final, TypeVar
 
 import pytest
 
+from loop_helpers import busy_loop
 from penstock.buffer.buffer import DataType
 from penstock.config import Configuration
 from penstock.consumer.input_gate import SingleInputGate
@@ -965,33 +966,6 @@ BUSY_S: Final = 2.0
 """How long a test waits for what must happen while the network thread is busy."""
 
 
-@contextlib.contextmanager
-def busy_loop(env: ShuffleEnvironment) -> Iterator[None]:
-    """Keeps ``env``'s network thread inside a callback for the duration of the block."""
-    entered = threading.Event()
-    release = threading.Event()
-
-    def block() -> None:
-        entered.set()
-        release.wait(TIMEOUT_S)
-
-    env.loop_thread.call_soon(block)
-    assert entered.wait(TIMEOUT_S)
-    try:
-        yield
-    finally:
-        release.set()
-
-
-def wait_until(condition: Callable[[], bool], what: str, within_s: float = TIMEOUT_S) -> None:
-    pause = threading.Event()
-    for _ in range(int(within_s / 0.005)):
-        if condition():
-            return
-        pause.wait(0.005)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 def test_a_producer_sends_its_flushed_buffer_itself_while_the_network_thread_is_busy(
     environment: EnvironmentFactory,
 ) -> None:
@@ -1001,7 +975,7 @@ def test_a_producer_sends_its_flushed_buffer_itself_while_the_network_thread_is_
     receiver = peer.request(partition.partition_id, credit=3)
     write(partition, [1])
     assert peer.read_records(receiver, 1) == ([1], False)  # the reader is attached
-    with busy_loop(env):
+    with busy_loop(env.loop_thread, TIMEOUT_S):
         write(partition, [2])  # flushed on this thread: it writes the frame itself
         peer.sock.settimeout(BUSY_S)  # well before the loop is free again
         assert peer.read_records(receiver, 1) == ([2], False)

@@ -12,6 +12,7 @@ from typing import Final
 
 import pytest
 
+from loop_helpers import busy_loop
 from penstock.transport.direct import DirectWriter
 from penstock.transport.loop import EventLoopThread
 
@@ -86,22 +87,11 @@ def _chunk(number: int, size: int) -> bytes:
 
 def test_a_write_off_the_loop_needs_no_loop(connection: Connection) -> None:
     """While the loop is busy, an idle connection's bytes still go out at once."""
-    busy = threading.Event()
-    release = threading.Event()
-
-    def block() -> None:
-        busy.set()
-        release.wait(TIMEOUT_S)
-
-    connection.loop_thread.call_soon(block)
-    assert busy.wait(TIMEOUT_S)
-    try:
+    with busy_loop(connection.loop_thread, TIMEOUT_S):
         with connection.writer.lock:
             assert connection.writer.is_idle
             connection.writer.write([b"head:", memoryview(b"payload")])
         assert connection.receive(12) == b"head:payload"
-    finally:
-        release.set()
 
 
 def test_writes_from_threads_and_the_loop_arrive_in_the_order_written(
