@@ -13,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Final, TypeVar
@@ -409,6 +410,22 @@ def test_an_idle_connection_is_closed_and_others_are_not(
     partition.finish()
     assert busy.read_records(receiver_id) == (list(range(20)), True)
     busy.close()
+    partition.close()
+
+
+def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFactory) -> None:
+    env = environment("producer")
+    env.server.idle_timeout_s = 0.3
+    partition = make_partition(env)
+    peer = RawPeer(env.data_address)
+    for _ in range(8):  # 0.8 s in all, never silent for as long as the timeout
+        peer.send(AddCredit(1, InputChannelID.generate()))
+        time.sleep(0.1)
+    receiver_id = peer.request(partition.partition_id)
+    write(partition, range(10))
+    partition.finish()
+    assert peer.read_records(receiver_id) == (list(range(10)), True)
+    peer.close()
     partition.close()
 
 

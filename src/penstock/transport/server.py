@@ -39,6 +39,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -108,6 +109,9 @@ class _ServerConnection(asyncio.Protocol):
         self._lock = threading.RLock()
         """Orders the connection's writes and guards its readers (loop and producers)."""
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_heard = time.monotonic()
+        """When the peer last sent something: the idle timer checks it when it fires,
+        rather than being cancelled and armed again for every message."""
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -120,10 +124,10 @@ class _ServerConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.server.write_high_water_mark)
         self._writer = DirectWriter.for_transport(transport, self.server.loop_thread, self._lock)
         self.server.connections.add(self)
-        self._arm_idle_timer()
+        self._arm_idle_timer(self.server.idle_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        self._arm_idle_timer()
+        self._last_heard = time.monotonic()
         with self._lock:
             try:
                 self._decoder.feed(data)
@@ -418,18 +422,23 @@ class _ServerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _arm_idle_timer(self) -> None:
+    def _arm_idle_timer(self, delay_s: float) -> None:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._closed:
             return
-        self._idle_handle = asyncio.get_running_loop().call_later(
-            self.server.idle_timeout_s, self._on_idle
-        )
+        self._idle_handle = asyncio.get_running_loop().call_later(delay_s, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self._readers or self._waiting or self._closed:
-            self._arm_idle_timer()
+        if self._closed:
+            return
+        timeout_s = self.server.idle_timeout_s
+        silent_s = time.monotonic() - self._last_heard
+        if self._readers or self._waiting:
+            self._arm_idle_timer(timeout_s)
+            return
+        if silent_s < timeout_s:
+            self._arm_idle_timer(timeout_s - silent_s)
             return
         log.info("Closing idle connection from %s", self.peer)
         if self.transport is not None:
