@@ -32,8 +32,9 @@ from penstock.runtime.client import execute, execute_and_collect, observe_jobs
 from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate, JobResult, new_secret
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, plan_slots, required_slots
-from penstock.runtime.minicluster import MiniCluster, task_managers_for
+from penstock.runtime.minicluster import MiniCluster, cpus_for_task_managers, task_managers_for
 from penstock.runtime.states import ExecutionState
+from penstock.runtime.taskmanager import pin_to_cpu
 from penstock.task.operators import (
     CollectSinkFactory,
     MapFactory,
@@ -288,6 +289,49 @@ def test_a_minicluster_shuts_its_processes_down() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# -- CPU placement ----------------------------------------------------------------------
+
+
+def test_each_task_manager_gets_a_cpu_of_its_own_when_there_are_enough() -> None:
+    assert cpus_for_task_managers(2, {3, 0, 5}) == [0, 3]
+    assert cpus_for_task_managers(1, {7}) == [7]
+    assert cpus_for_task_managers(3, {0, 1}) is None  # sharing CPUs: better not pinned
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two CPUs",
+)
+
+
+@needs_two_cpus
+def test_a_minicluster_pins_its_task_managers_to_different_cpus() -> None:
+    allowed = os.sched_getaffinity(0)
+    with MiniCluster(Configuration({"taskmanager.numberOfTaskSlots": 1}), 2) as cluster:
+        placed = [os.sched_getaffinity(pid) for pid in cluster.task_manager_pids]
+    assert all(len(cpus) == 1 and cpus <= allowed for cpus in placed)
+    assert placed[0] != placed[1]
+    assert os.sched_getaffinity(0) == allowed  # the client process is left as it was
+
+
+@needs_two_cpus
+def test_pinning_can_be_turned_off() -> None:
+    config = Configuration({"minicluster.pin-taskmanagers": False})
+    with MiniCluster(config, 2) as cluster:
+        placed = [os.sched_getaffinity(pid) for pid in cluster.task_manager_pids]
+    assert placed == [os.sched_getaffinity(0)] * 2
+
+
+def test_a_cpu_that_cannot_be_had_leaves_the_task_manager_unpinned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    pin_to_cpu(1 << 20)  # no such CPU
+    assert "running unpinned" in caplog.text
+    if before is not None:
+        assert os.sched_getaffinity(0) == before
 
 
 # -- remote -----------------------------------------------------------------------------

@@ -11,6 +11,11 @@ an ``atexit`` hook) tells every TaskManager to shut down, waits a bounded time, 
 kills the ones that are still there, always by the pids this cluster started. A
 TaskManager whose parent dies sees its standard input close, and one whose JobManager
 connection breaks exits too, so none is ever orphaned.
+
+Each TaskManager gets a CPU of its own when there are enough of them
+(``minicluster.pin-taskmanagers``): a TaskManager runs Python one thread at a time under
+its GIL, and when its task threads and its network thread hand over to each other on one
+CPU, the hand-off costs far less than a wake-up on another CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -29,6 +35,7 @@ from typing import Final
 
 from penstock.config import (
     MINICLUSTER_NUMBER_OF_TASKMANAGERS,
+    MINICLUSTER_PIN_TASKMANAGERS,
     NUMBER_OF_TASK_SLOTS,
     Configuration,
 )
@@ -41,7 +48,13 @@ from penstock.runtime.jobmanager import (
     required_slots,
 )
 
-__all__ = ["REGISTRATION_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S", "MiniCluster", "task_managers_for"]
+__all__ = [
+    "REGISTRATION_TIMEOUT_S",
+    "SHUTDOWN_TIMEOUT_S",
+    "MiniCluster",
+    "cpus_for_task_managers",
+    "task_managers_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,21 @@ def task_managers_for(job: JobGraph, config: Configuration) -> int:
     if configured is not None:
         return configured
     return max(1, math.ceil(required_slots(job) / config.get(NUMBER_OF_TASK_SLOTS)))
+
+
+def cpus_for_task_managers(count: int, allowed: set[int] | None = None) -> list[int] | None:
+    """One CPU for each of ``count`` TaskManagers, or None when they cannot have one each.
+
+    ``allowed`` defaults to the CPUs this process may run on, so a mini-cluster started
+    under ``taskset`` places its TaskManagers within that set. Platforms without CPU
+    affinity get None.
+    """
+    if allowed is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        allowed = os.sched_getaffinity(0)
+    cpus = sorted(allowed)
+    return cpus[:count] if len(cpus) >= count else None
 
 
 @atexit.register
@@ -129,15 +157,20 @@ class MiniCluster:
             self._server = ControlServer(
                 "127.0.0.1", 0, self._secret, self.job_manager.serve_connection, "minicluster-jm"
             )
+            cpus = (
+                cpus_for_task_managers(self.num_task_managers)
+                if self.config.get(MINICLUSTER_PIN_TASKMANAGERS)
+                else None
+            )
             for index in range(self.num_task_managers):
-                self._spawn(index + 1)
+                self._spawn(index + 1, None if cpus is None else cpus[index])
             self._await_registrations(timeout_s)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _spawn(self, number: int) -> None:
+    def _spawn(self, number: int, cpu: int | None) -> None:
         host, port = self.address
         command = [
             sys.executable,
@@ -151,6 +184,8 @@ class MiniCluster:
             "--log-level",
             logging.getLevelName(logging.getLogger("penstock").getEffectiveLevel()),
         ]
+        if cpu is not None:
+            command += ["--cpu", str(cpu)]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, close_fds=True)
         with self._lock:
             self._processes.append(process)
