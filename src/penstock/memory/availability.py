@@ -89,14 +89,16 @@ class AvailabilityHelper:
         self._future: Future[None] = AVAILABLE if available else Future()
 
     def is_available(self) -> bool:
-        return self._future.done()
+        future = self._future
+        return future is AVAILABLE or future.done()  # done() takes the future's lock
 
     def get_available_future(self) -> Future[None]:
         return self._future
 
     def reset_unavailable(self) -> None:
         """Switches to a fresh pending future, unless one is already pending."""
-        if self._future.done():
+        future = self._future
+        if future is AVAILABLE or future.done():
             self._future = Future()
 
     def get_unavailable_to_reset_available(self) -> Future[None]:

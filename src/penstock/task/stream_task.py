@@ -34,6 +34,7 @@ from typing import Final, cast
 from penstock.consumer.input_gate import InputGate, SingleInputGate
 from penstock.consumer.union_gate import UnionInputGate
 from penstock.errors import IllegalStateError, TaskCancelledError
+from penstock.memory.availability import AVAILABLE
 from penstock.partition.result_partition import ResultPartition
 from penstock.runtime.deployment import TaskDeploymentDescriptor
 from penstock.runtime.job_graph import OperatorSpec
@@ -201,7 +202,7 @@ class StreamTask:
             self._finish_input(controller)
             return
         future = self.input.get_available_future()
-        if future.done():
+        if future is AVAILABLE or future.done():
             return
         suspension = controller.suspend_default_action(self.metrics.idle_timer)
         future.add_done_callback(suspension.resume_on)
