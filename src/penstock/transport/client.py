@@ -354,6 +354,9 @@ class ConnectionManager:
         self.ssl_context = ssl_context
         self.connect_timeout_s = connect_timeout_s
         self._clients: dict[ConnectionID, asyncio.Future[NettyPartitionRequestClient]] = {}
+        self._closing: set[NettyPartitionRequestClient] = set()
+        """Forgotten clients whose connection is still closing (a TLS shutdown can wait on
+        the peer): ``close()`` waits for them too, and aborts them when they are late."""
         self._closed = False
 
     def create_partition_request_client(self, address: ConnectionID) -> NettyPartitionRequestClient:
@@ -398,6 +401,10 @@ class ConnectionManager:
             and future.result() is client
         ):
             del self._clients[client.connection_id]
+        connection = client.connection
+        if connection is not None and not connection[1].done():
+            self._closing.add(client)
+            connection[1].add_done_callback(lambda _: self._closing.discard(client))
 
     @property
     def number_of_connections(self) -> int:
@@ -406,12 +413,17 @@ class ConnectionManager:
     async def close(self) -> None:
         """Closes every connection (loop thread) and waits until each is closed."""
         self._closed = True
-        connections = []
-        for future in list(self._clients.values()):
-            if future.done() and not future.cancelled() and future.exception() is None:
-                client = future.result()
-                client.close()
-                if (connection := client.connection) is not None:
-                    connections.append(connection)
+        clients = [
+            future.result()
+            for future in self._clients.values()
+            if future.done() and not future.cancelled() and future.exception() is None
+        ]
+        clients += self._closing
         self._clients.clear()
+        self._closing.clear()
+        connections = []
+        for client in clients:
+            client.close()
+            if (connection := client.connection) is not None:
+                connections.append(connection)
         await close_connections(connections)
