@@ -194,6 +194,18 @@ def write(partition: ResultPartition, values: Sequence[int], channel: int = 0) -
     partition.flush(channel)
 
 
+def serve_to_the_end(
+    peer: RawPeer, receiver_id: InputChannelID, partition: ResultPartition, count: int
+) -> None:
+    """Writes ``count`` ints and the end of the partition; the peer reads them all, then
+    both close."""
+    write(partition, range(count))
+    partition.finish()
+    assert peer.read_records(receiver_id) == (list(range(count)), True)
+    peer.close()
+    partition.close()
+
+
 def make_partition(env: ShuffleEnvironment, subpartitions: int = 1) -> ResultPartition:
     return env.create_result_partition(
         ResultPartitionDeploymentDescriptor(ResultPartitionID.generate(), subpartitions)
@@ -385,12 +397,7 @@ def test_half_a_frame_then_disconnect_leaves_the_server_unaffected(
     # The cut request created no reader: the one subpartition can still be requested.
     peer = RawPeer(env.data_address)
     receiver_id = peer.request(partition.partition_id)
-    write(partition, range(50))
-    partition.finish()
-    records, ended = peer.read_records(receiver_id)
-    assert (records, ended) == (list(range(50)), True)
-    peer.close()
-    partition.close()
+    serve_to_the_end(peer, receiver_id, partition, 50)
     assert_all_segments_returned(env)
 
 
@@ -406,11 +413,7 @@ def test_an_idle_connection_is_closed_and_others_are_not(
     assert idle.read_until_closed() == []  # closed without a word after the timeout
     idle.close()
     # The busy connection has been silent for longer than the idle timeout by now.
-    write(partition, range(20))
-    partition.finish()
-    assert busy.read_records(receiver_id) == (list(range(20)), True)
-    busy.close()
-    partition.close()
+    serve_to_the_end(busy, receiver_id, partition, 20)
 
 
 def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFactory) -> None:
@@ -422,11 +425,7 @@ def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFac
         peer.send(AddCredit(1, InputChannelID.generate()))
         time.sleep(0.1)
     receiver_id = peer.request(partition.partition_id)
-    write(partition, range(10))
-    partition.finish()
-    assert peer.read_records(receiver_id) == (list(range(10)), True)
-    peer.close()
-    partition.close()
+    serve_to_the_end(peer, receiver_id, partition, 10)
 
 
 def test_add_credit_for_an_unknown_receiver_is_ignored(environment: EnvironmentFactory) -> None:
@@ -539,11 +538,7 @@ def test_a_request_the_partition_refuses_fails_only_that_channel(
     error = peer.next_message()
     assert isinstance(error, ErrorResponse)
     assert (error.receiver_id, error.type_name) == (refused, expected)
-    write(partition, range(40))
-    partition.finish()
-    assert peer.read_records(first) == (list(range(40)), True)
-    peer.close()
-    partition.close()
+    serve_to_the_end(peer, first, partition, 40)
 
 
 # --------------------------------------------------------------------------------------
@@ -567,11 +562,7 @@ def test_a_partition_that_never_appears_is_reported_per_channel(
     # Not fatal: the same connection goes on serving other channels.
     partition = make_partition(env)
     other = peer.request(partition.partition_id)
-    write(partition, range(30))
-    partition.finish()
-    assert peer.read_records(other) == (list(range(30)), True)
-    peer.close()
-    partition.close()
+    serve_to_the_end(peer, other, partition, 30)
 
 
 def test_a_remote_channel_gives_up_after_its_backoff(

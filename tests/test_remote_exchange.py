@@ -120,6 +120,18 @@ def finish_and_check_pools(sender: Peer, receiver: Peer) -> None:
     assert sender.shutdown().all_returned
 
 
+def exchange_everything(exchange: Exchange, spec: ExchangeSpec) -> ReceiverStatus:
+    """Sends the whole plan and reads it freely to the end; checks that every record
+    arrived once and in order and that every segment went back to its pool."""
+    sender, plan = exchange.sender(spec)
+    receiver = exchange.receiver(spec, plan)
+    sender.call("go")
+    sent, received = run_to_the_end(sender, receiver)
+    assert_all_delivered(spec, received, sent)
+    finish_and_check_pools(sender, receiver)
+    return received
+
+
 # -- 1. ordering -------------------------------------------------------------------------
 
 
@@ -129,15 +141,8 @@ def test_four_writers_by_a_thousand_channels_deliver_every_record_once_in_order(
 ) -> None:
     # Flink's "1000,100ms" benchmark shape: 16000 network buffers on each side.
     spec = ExchangeSpec(writers=4, channels=1000, records_per_channel=250)
-    sender, plan = exchange.sender(spec)
-    receiver = exchange.receiver(spec, plan)
-    sender.call("go")
-
-    sent, received = run_to_the_end(sender, receiver)
-
-    assert_all_delivered(spec, received, sent)
+    received = exchange_everything(exchange, spec)
     assert received.records == 4 * 1000 * 250
-    finish_and_check_pools(sender, receiver)
 
 
 def test_records_spanning_buffers_arrive_whole_and_every_segment_returns(
@@ -145,15 +150,8 @@ def test_records_spanning_buffers_arrive_whole_and_every_segment_returns(
 ) -> None:
     # 1000-byte records do not divide a 32 KiB segment: most buffers end inside a record.
     spec = ExchangeSpec(writers=2, channels=50, records_per_channel=200, record_size=1000)
-    sender, plan = exchange.sender(spec)
-    receiver = exchange.receiver(spec, plan)
-    sender.call("go")
-
-    sent, received = run_to_the_end(sender, receiver)
-
-    assert_all_delivered(spec, received, sent)
+    received = exchange_everything(exchange, spec)
     assert received.buffers > spec.writers * spec.channels * 6  # ~6.1 buffers per channel
-    finish_and_check_pools(sender, receiver)
 
 
 @pytest.mark.slow
@@ -162,15 +160,8 @@ def test_one_channel_of_large_records_streams_to_the_end(exchange: Exchange) -> 
     lives on exclusive and floating credit, announced in batches, for thousands of
     round trips."""
     spec = ExchangeSpec(writers=1, channels=1, records_per_channel=60_000, record_size=1024)
-    sender, plan = exchange.sender(spec)
-    receiver = exchange.receiver(spec, plan)
-    sender.call("go")
-
-    sent, received = run_to_the_end(sender, receiver)
-
-    assert_all_delivered(spec, received, sent)
+    received = exchange_everything(exchange, spec)
     assert received.buffers >= 1883  # 60,000 frames of 1028 bytes fill 1,882.3 buffers
-    finish_and_check_pools(sender, receiver)
 
 
 # -- 2. backpressure ---------------------------------------------------------------------
