@@ -309,11 +309,15 @@ needs_two_cpus = pytest.mark.skipif(
 @needs_two_cpus
 def test_a_minicluster_pins_its_task_managers_to_different_cpus() -> None:
     allowed = os.sched_getaffinity(0)
+    policy = os.sched_getscheduler(0)
     with MiniCluster(Configuration({"taskmanager.numberOfTaskSlots": 1}), 2) as cluster:
         placed = [os.sched_getaffinity(pid) for pid in cluster.task_manager_pids]
+        policies = [os.sched_getscheduler(pid) for pid in cluster.task_manager_pids]
     assert all(len(cpus) == 1 and cpus <= allowed for cpus in placed)
     assert placed[0] != placed[1]
+    assert policies == [os.SCHED_BATCH] * 2  # woken threads do not preempt their waker
     assert os.sched_getaffinity(0) == allowed  # the client process is left as it was
+    assert os.sched_getscheduler(0) == policy
 
 
 @needs_two_cpus
@@ -321,7 +325,9 @@ def test_pinning_can_be_turned_off() -> None:
     config = Configuration({"minicluster.pin-taskmanagers": False})
     with MiniCluster(config, 2) as cluster:
         placed = [os.sched_getaffinity(pid) for pid in cluster.task_manager_pids]
+        policies = [os.sched_getscheduler(pid) for pid in cluster.task_manager_pids]
     assert placed == [os.sched_getaffinity(0)] * 2
+    assert policies == [os.sched_getscheduler(0)] * 2
 
 
 def test_a_cpu_that_cannot_be_had_leaves_the_task_manager_unpinned(

@@ -161,8 +161,9 @@ MINICLUSTER_PIN_TASKMANAGERS: Final = ConfigOption(
         "Whether the mini-cluster keeps each TaskManager process on a CPU of its own, when "
         "there are at least as many CPUs as TaskManagers. A TaskManager runs Python one "
         "thread at a time, and hand-offs between its task and network threads are cheaper "
-        "on one CPU; turn it off when several mini-clusters share a machine or operators "
-        "release the GIL for long."
+        "on one CPU (a pinned TaskManager is also scheduled as a batch process, so its "
+        "threads do not preempt each other on wake-up); turn it off when several "
+        "mini-clusters share a machine or operators release the GIL for long."
     ),
 )
 EXECUTION_TARGET: Final = ConfigOption(
