@@ -160,28 +160,42 @@ def test_recycling_an_exclusive_segment_gives_one_credit() -> None:
     setup.close()
 
 
-def test_recycling_an_exclusive_segment_returns_a_floating_one_when_over_the_need() -> None:
+def test_a_recycled_floating_segment_is_kept_while_the_channel_is_short() -> None:
     setup = make_setup()
     manager, channel = setup.managers[0], setup.channels[0]
     manager.on_sender_backlog(3)  # 2 exclusive + 3 floating
     assert channel.notifications == [3]
     # Receiving takes floating segments first, so the fourth one is exclusive.
     received = [setup.receive(0) for _ in range(4)]
-    assert manager.available == 1
-    assert manager.floating_held == 0
+    assert (manager.available, manager.floating_held) == (1, 0)
     pool_free = setup.pool.available_segments
-    received[0].recycle()  # floating: back to the gate pool
-    assert setup.pool.available_segments == pool_free + 1
-    manager.on_sender_backlog(0)  # need 2 free: borrow one again
+    received[0].recycle()  # floating, and 1 free of 5 needed: kept, one more credit
     assert (manager.available, manager.floating_held) == (2, 1)
     assert channel.notifications == [3, 1]
-    pool_free = setup.pool.available_segments
+    assert setup.pool.available_segments == pool_free
+    manager.on_sender_backlog(0)  # need 2 free, and 2 are
+    received[1].recycle()  # floating, not needed: back to the gate pool
+    assert (manager.available, manager.floating_held) == (2, 1)
+    assert setup.pool.available_segments == pool_free + 1
     received[3].recycle()  # exclusive: 3 free but 2 needed, so a floating one goes back
     assert (manager.available, manager.floating_held) == (2, 0)
     assert channel.notifications == [3, 1]  # no new credit: one in, one out
-    assert setup.pool.available_segments == pool_free + 1
-    for buffer in received[1:3]:
-        buffer.recycle()
+    assert setup.pool.available_segments == pool_free + 2
+    received[2].recycle()
+    assert setup.pool.available_segments == pool_free + 3
+    setup.close()
+
+
+def test_a_floating_segment_goes_back_to_a_pool_that_shrank() -> None:
+    setup = make_setup()
+    manager = setup.managers[0]
+    manager.on_sender_backlog(FLOATING_MAX)
+    buffer = setup.receive(0)  # floating
+    setup.pool.set_num_buffers(1)  # the pool holds more than its size now
+    assert setup.pool.wants_segment_back(manager)
+    buffer.recycle()
+    assert manager.floating_held == FLOATING_MAX - 1
+    assert setup.pool.requested_segments == FLOATING_MAX - 1  # returned to the network
     setup.close()
 
 

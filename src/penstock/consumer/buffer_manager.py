@@ -14,8 +14,11 @@ credit when a segment comes free.
 * An exclusive segment recycled after its data was read comes back here: one more
   credit, unless the manager now holds more than it needs, in which case it gives a
   floating segment back to the pool instead.
-* A floating segment recycled after its data was read goes back to the gate's pool,
-  which hands it to whichever channel waits for one.
+* A floating segment recycled after its data was read stays with the manager while it
+  still holds fewer than it needs and the gate's pool wants nothing back (no other
+  channel waits for a segment, the pool has not shrunk): one more credit, without a
+  round through the pool and its listener for every buffer received. Otherwise it goes
+  back to the pool, which hands it to whichever channel waits for one.
 
 Segments are counted in and out under one lock; credit changes are reported to the
 channel (``notify_buffer_available``) outside it.
@@ -106,11 +109,8 @@ class BufferManager:
             return None
 
     def wrap(self, segment: MemorySegment, size: int) -> Buffer:
-        """A received buffer over ``segment``, recycled to where the segment belongs."""
-        if segment.index in self._exclusive_indices:
-            return Buffer.wrap(segment, size, self)
-        assert self._floating_pool is not None
-        return Buffer.wrap(segment, size, self._floating_pool)
+        """A received buffer over ``segment``, recycled to this manager."""
+        return Buffer.wrap(segment, size, self)
 
     def on_sender_backlog(self, backlog: int) -> None:
         """Borrows floating segments until ``backlog + initial credit`` are held."""
@@ -155,10 +155,13 @@ class BufferManager:
         if added:
             self._channel.notify_buffer_available(added)
 
-    # -- BufferRecycler for exclusive segments (the task thread) ---------------------
+    # -- BufferRecycler for received segments (the task thread) ----------------------
 
     def recycle(self, segment: MemorySegment) -> None:
-        """An exclusive segment was read: one more credit, or one floating returned."""
+        """A received segment was read: one more credit, or a floating one returned."""
+        if segment.index not in self._exclusive_indices:
+            self._recycle_floating(segment)
+            return
         give_back: MemorySegment | None = None
         with self._lock:
             if self._released:
@@ -176,6 +179,20 @@ class BufferManager:
             self._floating_pool.recycle(give_back)
         else:
             self._channel.notify_buffer_available(1)
+
+    def _recycle_floating(self, segment: MemorySegment) -> None:
+        pool = self._floating_pool
+        assert pool is not None  # floating segments come from it
+        with self._lock:
+            keep = not self._released and self.available < self._required
+            if keep and not pool.wants_segment_back(self):
+                self._floating.append(segment)
+            else:
+                keep = False
+        if keep:
+            self._channel.notify_buffer_available(1)
+        else:
+            pool.recycle(segment)
 
     # -- BufferListener for floating segments (any thread) --------------------------
 

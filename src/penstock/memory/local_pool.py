@@ -136,6 +136,18 @@ class LocalBufferPool:
     def is_destroyed(self) -> bool:
         return self._destroyed
 
+    def wants_segment_back(self, borrower: BufferListener) -> bool:
+        """Whether ``borrower`` must return a segment it no longer uses, not keep it.
+
+        True when another listener waits for a segment, or the pool holds more than its
+        size, or is destroyed. While it is False a borrower may keep the segment for its
+        next use (``borrower`` itself may be registered as a listener meanwhile).
+        """
+        with self._lock:
+            if self._destroyed or self._requested > self._current_size:
+                return True
+            return any(listener is not borrower for listener in self._listeners)
+
     def buffers_in_use_for(self, channel: int) -> int:
         return self._channel_counts[channel]
 
