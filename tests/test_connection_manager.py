@@ -1,4 +1,4 @@
-"""ConnectionManager: every connection it made is closed when it closes, even late ones."""
+"""The client side's connections: closed with their manager, credit sent without a hop."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from loop_helpers import busy_loop
+from penstock.ids import InputChannelID
 from penstock.transport.client import ConnectionManager, NettyPartitionRequestClient
+from penstock.transport.codec import NEED_DATA, FrameDecoder
 from penstock.transport.loop import EventLoopThread
+from penstock.transport.messages import AddCredit, CloseRequest, Message
 
 
 @pytest.fixture
@@ -42,3 +46,49 @@ def test_closing_the_manager_ends_a_forgotten_connection_that_is_still_closing(
 
         loop_thread.run(manager.close(), timeout=10)
         assert lost.done()  # aborted after the grace period, not left to the collector
+
+
+class CreditChannel:
+    """Stands in for a RemoteInputChannel with credit to announce."""
+
+    def __init__(self, credit: int) -> None:
+        self.id = InputChannelID.generate()
+        self.credit = credit
+
+    def get_and_reset_unannounced_credit(self) -> int:
+        credit, self.credit = self.credit, 0
+        return credit
+
+
+def receive_message(peer: socket.socket, decoder: FrameDecoder, timeout_s: float = 10) -> Message:
+    peer.settimeout(timeout_s)
+    while (message := decoder.next_message()) is NEED_DATA:
+        data = peer.recv(4096)
+        assert data, "the connection ended before a whole message arrived"
+        decoder.feed(data)
+    return message
+
+
+def test_a_task_thread_sends_credit_itself_while_the_network_thread_is_busy(
+    loop_thread: EventLoopThread,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        manager = ConnectionManager(loop_thread, 32 * 1024)
+        host, port = listener.getsockname()[:2]
+        client = manager.create_partition_request_client((host, port))
+        peer, _ = listener.accept()
+        decoder = FrameDecoder(32 * 1024)
+        channel = CreditChannel(credit=3)
+        client.channels[channel.id] = channel  # type: ignore[assignment]
+        with peer:
+            with busy_loop(loop_thread, timeout_s=30):
+                client.notify_credit_available(channel)  # type: ignore[arg-type]
+                # Arrives while the loop is still held: written by this thread.
+                assert receive_message(peer, decoder, 5) == AddCredit(3, channel.id)
+                assert channel.credit == 0
+                channel.credit = 2
+                client.notify_credit_available(channel)  # type: ignore[arg-type]
+                assert receive_message(peer, decoder, 5) == AddCredit(2, channel.id)
+            del client.channels[channel.id]
+            loop_thread.run(manager.close(), timeout=10)
+            assert receive_message(peer, decoder) == CloseRequest()  # through the loop

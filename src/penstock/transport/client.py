@@ -15,7 +15,11 @@ answered with CancelPartitionRequest.
 
 Sending is tiny: PartitionRequest, AddCredit (coalesced per channel: many recycled
 buffers, one message), ResumeConsumption, CancelPartitionRequest, CloseRequest. Task
-threads ask for them through thread-safe methods that hop onto the loop.
+threads ask for them through thread-safe methods that hop onto the loop, except for
+AddCredit: a task thread that frees credit while the connection is idle writes the
+AddCredit itself (``DirectWriter``), so the credit leaves at once instead of when the
+network thread next gets the GIL, which on a busy TaskManager can be after the task
+has read everything it had.
 
 A lost connection fails every channel on it with ``RemoteTransportError`` naming the
 remote address; an ErrorResponse fails one channel (or, if fatal, all of them) with
@@ -40,6 +44,7 @@ from penstock.errors import (
 )
 from penstock.ids import InputChannelID
 from penstock.transport.codec import NEED_DATA, FrameDecoder, encode
+from penstock.transport.direct import DirectWriter
 from penstock.transport.loop import EventLoopThread, close_connections
 from penstock.transport.messages import (
     AddCredit,
@@ -167,6 +172,8 @@ class NettyPartitionRequestClient:
         self._loop_thread = loop_thread
         self.channels: dict[InputChannelID, RemoteInputChannel] = {}
         self._protocol: _ClientProtocol | None = None
+        self._write_lock = threading.RLock()
+        self._writer: DirectWriter | None = None
         self._credit_queue: deque[RemoteInputChannel] = deque()
         self._users = 0
         self._users_lock = threading.Lock()
@@ -193,6 +200,10 @@ class NettyPartitionRequestClient:
             )
             raise RemoteTransportError(msg, self.address) from exc
         self._protocol = protocol
+        assert protocol.transport is not None
+        self._writer = DirectWriter.for_transport(
+            protocol.transport, self._loop_thread, self._write_lock
+        )
 
     # -- thread-safe API for channels ------------------------------------------------
 
@@ -212,6 +223,19 @@ class NettyPartitionRequestClient:
             self._loop_thread.call_soon(self._send_partition_request, channel)
 
     def notify_credit_available(self, channel: RemoteInputChannel) -> None:
+        """Sends the channel's unannounced credit: directly if idle, else from the loop."""
+        writer = self._writer
+        if (
+            writer is not None
+            and not self._loop_thread.is_loop_thread
+            and self._write_lock.acquire(blocking=False)
+        ):
+            try:
+                if writer.is_idle:
+                    self._announce_credit(channel)
+                    return
+            finally:
+                self._write_lock.release()
         self._loop_thread.call_soon(self._announce_credit, channel)
 
     def resume_consumption(self, channel: RemoteInputChannel) -> None:
@@ -224,12 +248,17 @@ class NettyPartitionRequestClient:
     # -- loop thread -------------------------------------------------------------------
 
     def send(self, message: Message) -> None:
+        """Writes ``message`` (the loop thread, or a thread holding the write lock)."""
         protocol = self._protocol
         if protocol is None or protocol.transport is None or self._closed:
             return
         if protocol.transport.is_closing():
             return
-        protocol.transport.write(encode(message))
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.write(encode(message))
+            else:
+                protocol.transport.write(encode(message))
 
     def _send_partition_request(self, channel: RemoteInputChannel) -> None:
         if channel.is_released:
@@ -302,6 +331,8 @@ class NettyPartitionRequestClient:
         self.close()
 
     def on_connection_lost(self, exc: Exception | None) -> None:
+        if self._writer is not None:
+            self._writer.close()
         if self._closed:
             return
         msg = (
