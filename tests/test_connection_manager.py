@@ -1,18 +1,24 @@
-"""The client side's connections: closed with their manager, credit sent without a hop."""
+"""The client side: connections closed with their manager, credit sent without a hop,
+lone buffers handed to their reader at once."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
+import penstock.transport.client as client_module
 from loop_helpers import busy_loop
+from penstock.buffer.buffer import DataType
 from penstock.ids import InputChannelID
 from penstock.transport.client import ConnectionManager, NettyPartitionRequestClient
-from penstock.transport.codec import NEED_DATA, FrameDecoder
+from penstock.transport.codec import NEED_DATA, FrameDecoder, encode
 from penstock.transport.loop import EventLoopThread
-from penstock.transport.messages import AddCredit, CloseRequest, Message
+from penstock.transport.messages import AddCredit, BufferResponse, CloseRequest, Message
 
 
 @pytest.fixture
@@ -92,3 +98,53 @@ def test_a_task_thread_sends_credit_itself_while_the_network_thread_is_busy(
             del client.channels[channel.id]
             loop_thread.run(manager.close(), timeout=10)
             assert receive_message(peer, decoder) == CloseRequest()  # through the loop
+
+
+class ReceivingChannel:
+    """Stands in for a RemoteInputChannel that receives data buffers."""
+
+    def __init__(self) -> None:
+        self.id = InputChannelID.generate()
+        self.segment = memoryview(bytearray(64))
+        self.received: list[int] = []
+
+    def allocate(self, size: int, data_type: DataType) -> memoryview:
+        return self.segment[:size]
+
+    def on_buffer_response(self, response: BufferResponse) -> None:
+        self.received.append(response.sequence_number)
+
+
+class ReceivingClient:
+    address = "127.0.0.1:1"
+
+    def __init__(self, channel: ReceivingChannel) -> None:
+        self.channels = {channel.id: channel}
+
+
+def test_a_lone_buffer_after_a_quiet_spell_gives_the_cpu_to_its_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    channel = ReceivingChannel()
+    frames = [
+        encode(BufferResponse(channel.id, 0, seq, 0, DataType.DATA_BUFFER, False, 8, bytes(8)))
+        for seq in range(3)
+    ]
+    yields: list[float] = []
+    clock = [100.0]
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(clock[0]))
+
+    async def receive() -> None:
+        protocol = client_module._ClientProtocol(ReceivingClient(channel), 64)  # type: ignore[arg-type]
+        monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+        for frame, at in zip(frames, (100.0, 100.0001, 100.01), strict=True):
+            clock[0] = at
+            view = protocol.get_buffer(-1)
+            view[: len(frame)] = frame
+            protocol.buffer_updated(len(frame))
+        monkeypatch.undo()
+
+    asyncio.run(receive())
+    assert channel.received == [0, 1, 2]
+    # The first and the last came after silence; the second right behind the first.
+    assert yields == [100.0, 100.01]
