@@ -488,6 +488,16 @@ def test_a_run_of_equal_frames_then_others_is_cut_exactly(run: int, size: int) -
     assert consumed == len(data) - 2
 
 
+@pytest.mark.parametrize("tail", [b"", b"\x00\x00", _frames(b"q" * 40)[:30]])
+def test_a_run_followed_by_the_start_of_a_record_ends_before_it(tail: bytes) -> None:
+    # A buffer of 1 KiB records: 31 whole ones, then the first bytes of the next.
+    equal = [bytes([i]) * 1024 for i in range(31)]
+    data = _frames(*equal) + tail
+    payloads, consumed = _complete_payloads(memoryview(data))
+    assert payloads == equal
+    assert consumed == len(data) - len(tail)
+
+
 def test_a_run_broken_by_a_negative_length_is_an_error_after_the_run() -> None:
     data = _frames(*[b"abcd"] * 10) + struct.pack(">i", -1) + b"abcd" * 4
     with pytest.raises(SerializationError, match="negative record length -1 at offset 80"):

@@ -133,7 +133,7 @@ def _equal_frames_struct(size: int, count: int) -> struct.Struct:
     return struct.Struct(">" + f"i{size}s" * count)
 
 
-def _equal_length_run(whole: bytes) -> tuple[list[bytes], int]:
+def _equal_length_run(whole: bytes | memoryview) -> tuple[list[bytes], int]:
     """The leading run of frames that all announce the first frame's length.
 
     Records of one fixed width (ids, hashes, fixed-size byte strings) fill a buffer
@@ -162,28 +162,34 @@ def _equal_length_run(whole: bytes) -> tuple[list[bytes], int]:
 def _complete_payloads(data: memoryview) -> tuple[list[bytes], int]:
     """The payloads of the complete frames at the start of ``data``.
 
-    One copy of the region, then equal-length runs in bulk and the rest with a slice
-    per payload: cheaper than a view and a copy per record.
+    A leading equal-length run is cut in bulk straight from ``data``. What follows it is
+    copied once and cut with a slice per payload: cheaper than a view and a copy per
+    record. A buffer of large records is one run and a partial frame, so it is copied
+    only into its records.
     """
-    whole = data.tobytes()
+    pos = 0
+    payloads: list[bytes] = []
+    if len(data) >= 4 * _EQUAL_RUN_MIN:
+        payloads, pos = _equal_length_run(data)
+    if len(data) - pos < 4 or (pos and _LENGTH.unpack_from(data, pos)[0] + 4 > len(data) - pos):
+        return payloads, pos  # nothing, or only the start of a record, follows the run
+    offset = pos
+    whole = data[offset:].tobytes()
     unpack = _LENGTH.unpack_from
     end = len(whole)
     pos = 0
-    payloads: list[bytes] = []
-    if end >= 4 * _EQUAL_RUN_MIN:
-        payloads, pos = _equal_length_run(whole)
     append = payloads.append
     while pos + 4 <= end:
         (size,) = unpack(whole, pos)
         if size < 0:
-            msg = f"negative record length {size} at offset {pos}"
+            msg = f"negative record length {size} at offset {offset + pos}"
             raise SerializationError(msg)
         stop = pos + 4 + size
         if stop > end:
             break
         append(whole[pos + 4 : stop])
         pos = stop
-    return payloads, pos
+    return payloads, offset + pos
 
 
 def _type_name(value: object) -> str:
