@@ -4,6 +4,7 @@ lone buffers handed to their reader at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -28,13 +29,21 @@ def loop_thread() -> Iterator[EventLoopThread]:
     thread.stop()
 
 
-def test_closing_the_manager_ends_a_forgotten_connection_that_is_still_closing(
+@contextlib.contextmanager
+def connected_client(
     loop_thread: EventLoopThread,
-) -> None:
+) -> Iterator[tuple[socket.socket, ConnectionManager, NettyPartitionRequestClient]]:
+    """A manager's client connected to a plain listening socket of this test."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         manager = ConnectionManager(loop_thread, 32 * 1024)
         host, port = listener.getsockname()[:2]
-        client = manager.create_partition_request_client((host, port))
+        yield listener, manager, manager.create_partition_request_client((host, port))
+
+
+def test_closing_the_manager_ends_a_forgotten_connection_that_is_still_closing(
+    loop_thread: EventLoopThread,
+) -> None:
+    with connected_client(loop_thread) as (_, manager, client):
         connection = client.connection
         assert connection is not None
         transport, lost = connection
@@ -78,10 +87,7 @@ def receive_message(peer: socket.socket, decoder: FrameDecoder, timeout_s: float
 def test_a_task_thread_sends_credit_itself_while_the_network_thread_is_busy(
     loop_thread: EventLoopThread,
 ) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        manager = ConnectionManager(loop_thread, 32 * 1024)
-        host, port = listener.getsockname()[:2]
-        client = manager.create_partition_request_client((host, port))
+    with connected_client(loop_thread) as (listener, manager, client):
         peer, _ = listener.accept()
         decoder = FrameDecoder(32 * 1024)
         channel = CreditChannel(credit=3)
