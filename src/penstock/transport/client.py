@@ -34,7 +34,6 @@ import os
 import ssl
 import threading
 import time
-from collections import deque
 from typing import Final
 
 from penstock.buffer.buffer import DataType
@@ -204,7 +203,6 @@ class NettyPartitionRequestClient:
         self._protocol: _ClientProtocol | None = None
         self._write_lock = threading.RLock()
         self._writer: DirectWriter | None = None
-        self._credit_queue: deque[RemoteInputChannel] = deque()
         self._users = 0
         self._users_lock = threading.Lock()
         self._closed = False
