@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from penstock.buffer.buffer import Buffer
+from penstock.buffer.buffer import Buffer, DataType
 from penstock.consumer.input_channel import InputChannel
 from penstock.errors import IllegalStateError
 from penstock.events import EndOfPartitionEvent, RuntimeEvent
@@ -186,10 +186,20 @@ class SingleInputGate(InputGate):
                 raise
             if result is None:
                 continue  # spurious notification: the channel had nothing after all
-            if result.more_available:
-                self.notify_channel_non_empty(channel)
             buffer = result.buffer
+            index = channel.channel_index
             with self._lock:
+                # Back to the tail if it has more: notify_channel_non_empty inlined (once
+                # per buffer), less its availability update, as the gate is still
+                # available: only a poll that finds the queue empty makes it unavailable.
+                if (
+                    result.next_data_type is not DataType.NONE
+                    and not self._enqueued[index]
+                    and not self._closed
+                    and not self._finished_channels[index]
+                ):
+                    self._enqueued[index] = True
+                    self._with_data.append(channel)
                 more = bool(self._with_data)
             if buffer.is_buffer:
                 return BufferOrEvent(buffer, None, channel.channel_index, more)
