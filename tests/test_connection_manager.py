@@ -134,23 +134,26 @@ def test_a_lone_buffer_after_a_quiet_spell_gives_the_cpu_to_its_reader(
     channel = ReceivingChannel()
     frames = [
         encode(BufferResponse(channel.id, 0, seq, 0, DataType.DATA_BUFFER, False, 8, bytes(8)))
-        for seq in range(3)
+        for seq in range(5)
     ]
+    # One buffer after silence, one right behind it, one after silence again, then two
+    # in one read after silence (a stream that paused).
+    reads = [(100.0, frames[0]), (100.0001, frames[1]), (100.01, frames[2])]
+    reads.append((100.02, frames[3] + frames[4]))
     yields: list[float] = []
-    clock = [100.0]
+    clock = [0.0]
     monkeypatch.setattr(os, "sched_yield", lambda: yields.append(clock[0]))
 
     async def receive() -> None:
         protocol = client_module._ClientProtocol(ReceivingClient(channel), 64)  # type: ignore[arg-type]
         monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-        for frame, at in zip(frames, (100.0, 100.0001, 100.01), strict=True):
+        for at, data in reads:
             clock[0] = at
             view = protocol.get_buffer(-1)
-            view[: len(frame)] = frame
-            protocol.buffer_updated(len(frame))
+            view[: len(data)] = data
+            protocol.buffer_updated(len(data))
         monkeypatch.undo()
 
     asyncio.run(receive())
-    assert channel.received == [0, 1, 2]
-    # The first and the last came after silence; the second right behind the first.
+    assert channel.received == [0, 1, 2, 3, 4]
     assert yields == [100.0, 100.01]
