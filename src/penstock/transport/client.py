@@ -165,6 +165,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         return None if channel is None else channel.allocate(size, data_type)
 
     def _dispatch(self, message: Message) -> bool:
+        """Hands ``message`` on; True if it was a buffer and reached its channel."""
         client = self._client
         if isinstance(message, BufferResponse):
             channel = client.channels.get(message.receiver_id)
