@@ -149,11 +149,8 @@ class SingleInputGate(InputGate):
     def notify_channel_non_empty(self, channel: InputChannel) -> None:
         """Queues ``channel`` for reading unless it is queued already."""
         with self._lock:
-            index = channel.channel_index
-            if self._enqueued[index] or self._closed or self._finished_channels[index]:
+            if not self._enqueue(channel):
                 return
-            self._enqueued[index] = True
-            self._with_data.append(channel)
             to_complete = (
                 self._availability.get_unavailable_to_reset_available()
                 if len(self._with_data) == 1
@@ -161,6 +158,18 @@ class SingleInputGate(InputGate):
             )
         if to_complete is not None:
             complete(to_complete)
+
+    def _enqueue(self, channel: InputChannel) -> bool:
+        """Appends ``channel`` to the queue unless it is there, ended or the gate closed.
+
+        Call holding the lock. Returns whether it was appended.
+        """
+        index = channel.channel_index
+        if self._enqueued[index] or self._closed or self._finished_channels[index]:
+            return False
+        self._enqueued[index] = True
+        self._with_data.append(channel)
+        return True
 
     # -- reading (the task thread) -------------------------------------------------
 
@@ -187,19 +196,13 @@ class SingleInputGate(InputGate):
             if result is None:
                 continue  # spurious notification: the channel had nothing after all
             buffer = result.buffer
-            index = channel.channel_index
             with self._lock:
-                # Back to the tail if it has more: notify_channel_non_empty inlined (once
-                # per buffer), less its availability update, as the gate is still
-                # available: only a poll that finds the queue empty makes it unavailable.
-                if (
-                    result.next_data_type is not DataType.NONE
-                    and not self._enqueued[index]
-                    and not self._closed
-                    and not self._finished_channels[index]
-                ):
-                    self._enqueued[index] = True
-                    self._with_data.append(channel)
+                # Back to the tail if it has more, under this one lock. Unlike
+                # notify_channel_non_empty there is no availability to update: the gate
+                # is still available, as only a poll that finds the queue empty makes
+                # it unavailable.
+                if result.next_data_type is not DataType.NONE:
+                    self._enqueue(channel)
                 more = bool(self._with_data)
             if buffer.is_buffer:
                 return BufferOrEvent(buffer, None, channel.channel_index, more)
