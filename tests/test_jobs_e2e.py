@@ -36,6 +36,7 @@ from penstock import (
 from penstock.functions import (
     FilterFunction,
     FlatMapFunction,
+    KeySelector,
     MapFunction,
     Partitioner,
     ReduceFunction,
@@ -258,6 +259,82 @@ def test_partition_custom_takes_a_plain_callable() -> None:
 
     assert_every_value_once(routes)
     assert all(consumer == value % 2 for _, consumer, value in routes)
+
+
+def test_key_selectors_and_partitioners_are_opened_and_closed_once_per_subtask(
+    tmp_path: Path,
+) -> None:
+    # Each subtask gets its own copy of every function object: the copies note their
+    # lifecycle in a file, and refuse to work before open().
+    journal = tmp_path / "lifecycle"
+
+    def note(line: str) -> None:
+        with journal.open("a") as file:
+            file.write(line + "\n")
+
+    class Noting:
+        kind = "?"
+
+        def __init__(self) -> None:
+            self.subtask: int | None = None
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            self.subtask = runtime_context.subtask_index
+            note(f"open {self.kind} {self.subtask}")
+
+        def close(self) -> None:
+            note(f"close {self.kind} {self.subtask}")
+
+        def check_open(self) -> None:
+            if self.subtask is None:
+                msg = f"the {self.kind} was used before open()"
+                raise AssertionError(msg)
+
+    class ValueKey(Noting, KeySelector):
+        kind = "key"
+
+        def get_key(self, value: object) -> object:
+            self.check_open()
+            return cast("tuple[int, int]", value)[1]
+
+    class ByParity(Noting, Partitioner):
+        kind = "partitioner"
+
+        def partition(self, key: object, num_partitions: int) -> int:
+            self.check_open()
+            return cast("int", key) % num_partitions
+
+    class KeyedFirst(Noting, ReduceFunction):
+        kind = "reduce"
+
+        def reduce(self, value1: object, value2: object) -> object:
+            return value1
+
+    routes = run_exchange(lambda stream: stream.partition_custom(ByParity(), ValueKey()))
+    assert all(consumer == value % 2 for _, consumer, value in routes)
+    assert_every_value_once(routes)
+    producers = Counter(journal.read_text().splitlines())
+    expected = {
+        f"{event} {kind} {subtask}": 1
+        for event in ("open", "close")
+        for kind in ("key", "partitioner")
+        for subtask in (0, 1)
+    }
+    assert producers == expected
+
+    # A keyed stream's key selector runs twice per record: in the producer, to route,
+    # and in the keyed operator, to find the state. Both copies are opened and closed.
+    journal.unlink()
+    env = cluster_env()
+    reduced = env.from_sequence(1, N).map(lambda v: (0, v)).key_by(ValueKey()).reduce(KeyedFirst())
+    assert sorted(cast("tuple[int, int]", record)[1] for record in collect(reduced)) == list(
+        range(1, N + 1)
+    )
+    keyed = Counter(journal.read_text().splitlines())
+    assert keyed == {
+        **{f"{event} key {i}": 2 for event in ("open", "close") for i in (0, 1)},
+        **{f"{event} reduce {i}": 1 for event in ("open", "close") for i in (0, 1)},
+    }
 
 
 # -- keyed aggregation ----------------------------------------------------------------

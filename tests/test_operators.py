@@ -177,6 +177,67 @@ def test_keyed_reduce_emits_running_aggregate_per_key() -> None:
     assert (len(fn.opened), fn.closed) == (1, 1)
 
 
+def test_keyed_operators_open_and_close_their_key_selector() -> None:
+    class Parity(Lifecycle, KeySelector):
+        def __init__(self) -> None:
+            Lifecycle.__init__(self)
+
+        def get_key(self, value: object) -> object:
+            return cast("int", value) % 2
+
+    reduce_key, sum_key = Parity(), Parity()
+    factories: list[tuple[Parity, OperatorFactory]] = [
+        (reduce_key, ReduceFactory(lambda x, y: x, reduce_key)),
+        (sum_key, SumFactory(None, sum_key)),
+    ]
+    for key, factory in factories:
+        ctx = context()
+        run_operator(factory, [1, 2, 3], ctx=ctx)
+        assert key.opened == [ctx] and key.closed == 1
+
+    class Both(Lifecycle, KeySelector, ReduceFunction):
+        """One object as reducer and key selector: opened and closed once."""
+
+        def __init__(self) -> None:
+            Lifecycle.__init__(self)
+
+        def get_key(self, value: object) -> object:
+            return value
+
+        def reduce(self, value1: object, value2: object) -> object:
+            return value1
+
+    both = Both()
+    run_operator(ReduceFactory(both, both), [1, 1])
+    assert (len(both.opened), both.closed) == (1, 1)
+
+
+def test_operator_closes_its_key_selector_even_if_its_function_fails_to_close() -> None:
+    class FailingClose(Lifecycle, ReduceFunction):
+        def __init__(self) -> None:
+            Lifecycle.__init__(self)
+
+        def reduce(self, value1: object, value2: object) -> object:
+            return value1
+
+        def close(self) -> None:
+            super().close()
+            msg = "close failed"
+            raise RuntimeError(msg)
+
+    class Key(Lifecycle, KeySelector):
+        def __init__(self) -> None:
+            Lifecycle.__init__(self)
+
+        def get_key(self, value: object) -> object:
+            return value
+
+    fn, key = FailingClose(), Key()
+    with pytest.raises(RuntimeError, match="close failed"):
+        run_operator(ReduceFactory(fn, key), [1])
+    assert (fn.closed, key.closed) == (1, 1)
+
+
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(-100, 100)), max_size=50))
 def test_sum_by_position_matches_running_totals(records: list[tuple[str, int]]) -> None:
     out = run_operator(SumFactory(1, lambda r: r[0]), cast("list[object]", records))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import types
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, cast
@@ -46,8 +47,11 @@ __all__ = [
     "as_reduce",
     "as_sink",
     "close_function",
+    "close_functions",
     "open_function",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class Function:
@@ -177,6 +181,25 @@ def close_function(fn: object) -> None:
         closer = getattr(fn, "close", None)
         if callable(closer):
             closer()
+
+
+def close_functions(functions: Iterable[object]) -> None:
+    """Closes each of ``functions`` in turn, the rest even if one fails.
+
+    Raises:
+        Exception: The first error a ``close`` raised; later ones are logged.
+    """
+    first: Exception | None = None
+    for fn in functions:
+        try:
+            close_function(fn)
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                log.warning("further error while closing %r", fn, exc_info=True)
+    if first is not None:
+        raise first
 
 
 def _adapt(fn: object, method: str, kind: str) -> Callable[..., object]:

@@ -22,7 +22,7 @@ or not: "Source: Sequence Source", "Sink: Unnamed", "Sink: my sink".
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Self, cast
 
 from penstock.api.stream_graph import (
     ChainingStrategy,
@@ -58,6 +58,7 @@ from penstock.task.operators import (
 
 if TYPE_CHECKING:
     from penstock.api.environment import StreamExecutionEnvironment
+    from penstock.writer.partitioners import KeySelector, Partitioner
 
 __all__ = ["DataStream", "DataStreamSink", "KeyedStream"]
 
@@ -279,9 +280,11 @@ class DataStream(_OperatorSettings):
         Raises:
             TypeError: ``key_selector`` is neither callable nor a ``KeySelector``.
         """
-        key_function = as_key_selector(key_selector)
+        as_key_selector(key_selector)  # checks its kind now rather than in the job
         partition = PartitionTransformation(
-            self._env._next_id(), self._transformation, Partitioning("hash", key_function)
+            self._env._next_id(),
+            self._transformation,
+            Partitioning("hash", cast("KeySelector[object]", key_selector)),
         )
         return KeyedStream(self._env, partition, key_selector, self._output_type)
 
@@ -343,8 +346,15 @@ class DataStream(_OperatorSettings):
         Raises:
             TypeError: Either argument is of the wrong kind.
         """
+        as_key_selector(key_selector)  # check their kinds now rather than in the job
+        as_partitioner(partitioner)
+        # Kept as given: a function object's open() and close() run in each subtask.
         return self._partition(
-            Partitioning("custom", as_key_selector(key_selector), as_partitioner(partitioner))
+            Partitioning(
+                "custom",
+                cast("KeySelector[object]", key_selector),
+                cast("Partitioner[object]", partitioner),
+            )
         )
 
     # -- sinks ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ Each chain becomes a ``JobVertex`` named after its operators joined by " -> " (F
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -50,6 +50,7 @@ from penstock.ids import IntermediateDataSetID, JobID, JobVertexID
 from penstock.runtime.job_graph import JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerSpec
 from penstock.serialization.types import GenericSerializer, TypeSerializer, serializer_for
 from penstock.task.operator import OperatorFactory
+from penstock.writer.partitioners import KeySelector, Partitioner
 
 __all__ = [
     "DEFAULT_JOB_NAME",
@@ -91,13 +92,13 @@ class Partitioning:
 
     Attributes:
         kind: A ``PartitionerSpec`` kind: forward, rebalance, hash, custom, ...
-        key_selector: The key function of ``hash`` and ``custom``.
-        partitioner: The user partitioner of ``custom``.
+        key_selector: The key selector of ``hash`` and ``custom``, as the user gave it.
+        partitioner: The user partitioner of ``custom``, as the user gave it.
     """
 
     kind: str
-    key_selector: Callable[[object], object] | None = None
-    partitioner: Callable[[object, int], int] | None = None
+    key_selector: KeySelector[object] | None = None
+    partitioner: Partitioner[object] | None = None
 
     def to_spec(self, max_parallelism: int) -> PartitionerSpec:
         """The edge's partitioner; ``max_parallelism`` is the key groups of ``hash``."""

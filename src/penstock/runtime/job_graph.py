@@ -9,7 +9,6 @@ every producer subtask builds its own selector.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -24,6 +23,8 @@ from penstock.writer.partitioners import (
     ForwardPartitioner,
     GlobalPartitioner,
     KeyGroupStreamPartitioner,
+    KeySelector,
+    Partitioner,
     RebalancePartitioner,
     RescalePartitioner,
     ShufflePartitioner,
@@ -52,14 +53,16 @@ class PartitionerSpec:
 
     Attributes:
         kind: forward, rebalance, rescale, shuffle, broadcast, global, hash or custom.
-        key_selector: The key function of ``hash`` and ``custom``.
-        partitioner: The user partitioner of ``custom``: ``(key, n) -> channel``.
+        key_selector: The key selector of ``hash`` and ``custom``: a function or an
+            object with ``get_key`` (kept as given, so its ``open``/``close`` run).
+        partitioner: The user partitioner of ``custom``: ``(key, n) -> channel``, or
+            an object with ``partition``.
         max_parallelism: Key groups of ``hash``.
     """
 
     kind: str
-    key_selector: Callable[[object], object] | None = None
-    partitioner: Callable[[object, int], int] | None = None
+    key_selector: KeySelector[object] | None = None
+    partitioner: Partitioner[object] | None = None
     max_parallelism: int = 128
 
     def __post_init__(self) -> None:

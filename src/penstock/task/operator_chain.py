@@ -15,9 +15,11 @@ attempting every operator even when one fails.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
+from penstock.functions import close_function, open_function
 from penstock.runtime.job_graph import OperatorSpec
 from penstock.task.metrics import TaskIOMetrics
 from penstock.task.operator import Output, RuntimeContext, SourceOperator, StreamOperator
@@ -145,6 +147,10 @@ class OperatorChain:
         self.operators: tuple[AnyOperator, ...] = tuple(operators)
         self.names = tuple(spec.name for spec in specs)
         self._opened: list[AnyOperator] = []
+        # The writers route with the tail operator's subtask: their key selectors and
+        # partitioners are opened with its context.
+        self._tail_context = context_for(specs[-1]) if specs else None
+        self._opened_functions: list[object] = []
 
     @staticmethod
     def _network_output(
@@ -165,7 +171,14 @@ class OperatorChain:
         return hasattr(self.head, "emit_next_batch")
 
     def open(self) -> None:
-        """Opens the operators, tail first."""
+        """Opens the writers' user functions, then the operators, tail first."""
+        context = self._tail_context
+        for writer in self.writers:
+            for function in writer.user_functions:
+                opened = self._opened_functions
+                if context is not None and all(function is not seen for seen in opened):
+                    open_function(function, context)
+                    self._opened_functions.append(function)
         for operator in reversed(self.operators):
             self._opened.append(operator)
             operator.open()
@@ -183,7 +196,10 @@ class OperatorChain:
             writer.flush_all()
 
     def close_operators(self, suppress: bool = False) -> None:
-        """Closes every operator that was opened, head first; all are attempted.
+        """Closes what was opened: operators head first, then the writers' functions.
+
+        The writers' functions are their key selectors and partitioners. All closes
+        are attempted.
 
         Args:
             suppress: Log close errors instead of raising (the task is failing already).
@@ -194,18 +210,23 @@ class OperatorChain:
         first: BaseException | None = None
         opened = [operator for operator in self.operators if operator in self._opened]
         self._opened.clear()
-        for operator, name in zip(self.operators, self.names, strict=True):
-            if operator not in opened:
-                continue
+        closers: list[tuple[str, Callable[[], None]]] = [
+            (f"operator {name}", operator.close)
+            for operator, name in zip(self.operators, self.names, strict=True)
+            if operator in opened
+        ]
+        functions, self._opened_functions = self._opened_functions, []
+        closers += [(f"function {fn!r}", functools.partial(close_function, fn)) for fn in functions]
+        for what, close in closers:
             try:
-                operator.close()
+                close()
             except Exception as exc:
                 if suppress:
-                    log.warning("error while closing operator %s", name, exc_info=True)
+                    log.warning("error while closing %s", what, exc_info=True)
                 elif first is None:
                     first = exc
                 else:
-                    log.warning("further error while closing operator %s", name, exc_info=True)
+                    log.warning("further error while closing %s", what, exc_info=True)
         if first is not None:
             raise first
 

@@ -29,7 +29,7 @@ from penstock.functions import (
     as_map,
     as_reduce,
     as_sink,
-    close_function,
+    close_functions,
     open_function,
 )
 from penstock.task.operator import Collector, Output, RuntimeContext, SourceOperator, StreamOperator
@@ -79,17 +79,20 @@ class _DiscardingOutput:
 
 
 class AbstractStreamOperator:
-    """Base of the operators: keeps the output and context, opens and closes the function.
+    """Base of the operators: keeps the output and context, opens and closes the functions.
 
     Args:
         function: The user function object (or callable) whose ``open``/``close`` run
             once per subtask; None for operators without one.
+        key_selector: A keyed operator's key selector, opened and closed likewise.
     """
 
-    def __init__(self, function: object = None) -> None:
+    def __init__(self, function: object = None, key_selector: object = None) -> None:
         self.function = function
         self.output: Output[object] = _DiscardingOutput()
         self.context: RuntimeContext | None = None
+        self._functions = _distinct(function, key_selector)
+        self._opened_functions: list[object] = []
         self._opened = False
         self._closed = False
 
@@ -99,12 +102,13 @@ class AbstractStreamOperator:
         self.context = context
 
     def open(self) -> None:
-        """Opens the user function (once)."""
+        """Opens the user functions (once)."""
         if self._opened:
             return
         self._opened = True
-        if self.function is not None:
-            open_function(self.function, self._runtime_context())
+        for function in self._functions:
+            open_function(function, self._runtime_context())
+            self._opened_functions.append(function)
 
     def process_batch(self, records: list[object]) -> None:
         """Processes the records of one buffer."""
@@ -114,18 +118,32 @@ class AbstractStreamOperator:
         """The input is exhausted; nothing is buffered by these operators."""
 
     def close(self) -> None:
-        """Closes the user function (once, and only if it was opened)."""
+        """Closes the user functions that were opened (once), each even if one fails.
+
+        Raises:
+            Exception: The first error a function's ``close`` raised.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._opened and self.function is not None:
-            close_function(self.function)
+        opened = self._opened_functions
+        self._opened_functions = []
+        close_functions(reversed(opened))
 
     def _runtime_context(self) -> RuntimeContext:
         if self.context is None:
             msg = f"{type(self).__name__} was opened before setup()"
             raise IllegalStateError(msg)
         return self.context
+
+
+def _distinct(*functions: object) -> tuple[object, ...]:
+    """The functions given, without None and each object once."""
+    distinct: list[object] = []
+    for function in functions:
+        if function is not None and all(function is not seen for seen in distinct):
+            distinct.append(function)
+    return tuple(distinct)
 
 
 # -- one-input operators ---------------------------------------------------------------
@@ -181,7 +199,7 @@ class ReduceOperator(AbstractStreamOperator):
     """Keyed running ``reduce``: emits the new aggregate of the key for every record."""
 
     def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
-        super().__init__(fn)
+        super().__init__(fn, key_selector)
         self._reduce = as_reduce(fn)
         self.key_selector = key_selector
         self._get_key = as_key_selector(key_selector)
@@ -257,7 +275,7 @@ class SumOperator(AbstractStreamOperator):
     """
 
     def __init__(self, position: int | str | None, key_selector: UserFunction) -> None:
-        super().__init__(None)
+        super().__init__(None, key_selector)
         self.position = position
         self.key_selector = key_selector
         self._get_key = as_key_selector(key_selector)
@@ -286,7 +304,7 @@ class ProcessOperator(AbstractStreamOperator):
     """Keyed ``process``: calls ``process_element(value, ctx, out)`` per record."""
 
     def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
-        super().__init__(fn)
+        super().__init__(fn, key_selector)
         process = getattr(fn, "process_element", None)
         if process is None and callable(fn):
             process = fn

@@ -116,6 +116,11 @@ class ChannelSelector(Protocol[T]):
         """A fresh selector of the same kind and settings, not yet set up."""
         ...
 
+    @property
+    def user_functions(self) -> tuple[object, ...]:
+        """The user's key selector and partitioner, opened and closed with the subtask."""
+        ...
+
 
 @runtime_checkable
 class SupportsGetKey(Protocol[T_contra]):
@@ -211,6 +216,11 @@ class StreamPartitioner(ABC, Generic[T]):
     def number_of_channels(self) -> int:
         """The channel count given to ``setup``; 0 before."""
         return self._n
+
+    @property
+    def user_functions(self) -> tuple[object, ...]:
+        """The user's functions this partitioner calls: none but for keyed and custom."""
+        return ()
 
     def setup(self, number_of_channels: int) -> None:
         """Prepares the selector for an output with this many channels.
@@ -460,6 +470,10 @@ class KeyGroupStreamPartitioner(StreamPartitioner[T]):
         return self._key_selector
 
     @property
+    def user_functions(self) -> tuple[object, ...]:
+        return (self._key_selector,)
+
+    @property
     def max_parallelism(self) -> int:
         """The number of key groups."""
         return self._max_parallelism
@@ -540,6 +554,10 @@ class CustomPartitionerWrapper(StreamPartitioner[T], Generic[K, T]):
         self._key_selector = key_selector
         # Typed as returning K: the user pairs the key selector with the partitioner.
         self._get_key: Callable[[T], K] = _key_getter(key_selector)  # type: ignore[assignment]
+
+    @property
+    def user_functions(self) -> tuple[object, ...]:
+        return (self._partitioner, self._key_selector)
 
     def setup(self, number_of_channels: int) -> None:
         super().setup(number_of_channels)

@@ -118,6 +118,11 @@ class RecordWriter(Generic[T]):
             else None
         )
 
+    @property
+    def user_functions(self) -> tuple[object, ...]:
+        """The user's functions routing calls (key selector, partitioner); opened by the task."""
+        return ()
+
     emit: Callable[[T], None]
     """Writes one record to the channel(s) this writer routes it to.
 
@@ -235,6 +240,10 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
             self.emit = self._emit_fixed_to_first if single_target else self._emit_fixed
         else:
             self.emit = self._emit_payload_to_first if single_target else self._emit_payload
+
+    @property
+    def user_functions(self) -> tuple[object, ...]:
+        return self.selector.user_functions
 
     def _emit_fixed(self, record: T) -> None:
         if self._flusher_error is not None:
