@@ -19,7 +19,7 @@ from penstock.api.stream_graph import (
 )
 from penstock.config import Configuration, compute_default_max_parallelism
 from penstock.errors import ConfigurationError, IllegalStateError
-from penstock.functions import KeySelector, Partitioner
+from penstock.functions import KeySelector, Partitioner, as_key_selector, as_partitioner
 from penstock.runtime.deployment import build_deployment
 from penstock.runtime.job_graph import JobEdge, JobGraph, JobVertex
 from penstock.serialization.types import (
@@ -319,7 +319,7 @@ def test_key_by_makes_a_hash_edge_with_the_key_groups_of_the_consumer() -> None:
     assert edge.partitioner.max_parallelism == expected
     assert job.vertices[1].max_parallelism == expected
     assert edge.partitioner.key_selector is not None
-    assert edge.partitioner.key_selector(15) == 1
+    assert as_key_selector(edge.partitioner.key_selector)(15) == 1
     selector = edge.partitioner.create()
     selector.setup(200)
     assert 0 <= selector.select_channel(15) < 200
@@ -366,7 +366,7 @@ def test_key_by_with_a_key_selector_object() -> None:
     (edge,) = job.edges
     assert edge.partitioner.kind == "hash"
     assert edge.partitioner.key_selector is not None
-    assert edge.partitioner.key_selector(7) == 1
+    assert as_key_selector(edge.partitioner.key_selector)(7) == 1
 
 
 def test_partition_custom_with_a_function_and_with_a_partitioner_object() -> None:
@@ -383,8 +383,8 @@ def test_partition_custom_with_a_function_and_with_a_partitioner_object() -> Non
     assert [edge.partitioner.kind for edge in job.edges] == ["custom", "custom"]
     first, second = (edge.partitioner for edge in job.edges)
     assert first.partitioner is not None and second.partitioner is not None
-    assert first.partitioner(5, 3) == 0
-    assert second.partitioner(5, 3) == 2
+    assert as_partitioner(first.partitioner)(5, 3) == 0
+    assert as_partitioner(second.partitioner)(5, 3) == 2
     selector = second.create()
     selector.setup(3)
     assert selector.select_channel(4) == 2  # key 5 -> 5 % 3
@@ -594,10 +594,10 @@ def test_the_job_graph_round_trips_through_cloudpickle_with_its_lambdas() -> Non
     assert mapper.fn(1) == 11
     hash_spec = copy.edges[0].partitioner
     assert hash_spec.key_selector is not None
-    assert hash_spec.key_selector(5) == 2
+    assert as_key_selector(hash_spec.key_selector)(5) == 2
     custom_spec = copy.edges[1].partitioner
     assert custom_spec.partitioner is not None
-    assert custom_spec.partitioner(7, 2) == 1
+    assert as_partitioner(custom_spec.partitioner)(7, 2) == 1
     # Every factory builds its operator after the trip.
     for vertex in copy.vertices:
         for spec in vertex.operators:
