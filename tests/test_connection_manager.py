@@ -1,5 +1,5 @@
 """The client side: connections closed with their manager, credit sent without a hop,
-lone buffers handed to their reader at once."""
+lone buffers handed to their reader at once, segments of released channels returned."""
 
 from __future__ import annotations
 
@@ -8,18 +8,33 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import penstock.transport.client as client_module
 from loop_helpers import busy_loop
 from penstock.buffer.buffer import DataType
-from penstock.ids import InputChannelID
+from penstock.consumer.input_gate import SingleInputGate
+from penstock.consumer.remote_channel import RemoteInputChannel
+from penstock.ids import InputChannelID, ResultPartitionID
+from penstock.memory.network_pool import NetworkBufferPool
 from penstock.transport.client import ConnectionManager, NettyPartitionRequestClient
-from penstock.transport.codec import NEED_DATA, FrameDecoder, encode
+from penstock.transport.codec import (
+    NEED_DATA,
+    FrameDecoder,
+    encode,
+    encode_buffer_response_header,
+)
 from penstock.transport.loop import EventLoopThread
-from penstock.transport.messages import AddCredit, BufferResponse, CloseRequest, Message
+from penstock.transport.messages import (
+    AddCredit,
+    BufferResponse,
+    CancelPartitionRequest,
+    CloseRequest,
+    Message,
+    PartitionRequest,
+)
 
 
 @pytest.fixture
@@ -157,3 +172,75 @@ def test_a_lone_buffer_after_a_quiet_spell_gives_the_cpu_to_its_reader(
     asyncio.run(receive())
     assert channel.received == [0, 1, 2, 3, 4]
     assert yields == [100.0, 100.01]
+
+
+# -- a channel released while its buffer arrives -----------------------------------------
+
+SEGMENT_SIZE = 32 * 1024
+
+
+def remote_channel(
+    network: NetworkBufferPool, manager: ConnectionManager, address: tuple[str, int]
+) -> RemoteInputChannel:
+    """A remote channel with two exclusive buffers and no floating ones, requested."""
+    gate = SingleInputGate(owner="consumer", buffer_pool=None)
+    channel = RemoteInputChannel(
+        gate, 0, ResultPartitionID.generate(), 0, address, manager, network, initial_credit=2
+    )
+    gate.set_channels([channel])
+    channel.setup()
+    gate.request_partitions()
+    return channel
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def send_partial_buffer(
+    peer: socket.socket, channel: RemoteInputChannel, size: int, sent: int
+) -> None:
+    header = encode_buffer_response_header(channel.id, 0, 0, 0, DataType.DATA_BUFFER, False, size)
+    peer.sendall(header + bytes(sent))
+
+
+@pytest.mark.parametrize("last_channel", [False, True], ids=["shared", "last"])
+def test_a_channel_released_while_its_buffer_arrives_gets_the_segment_back(
+    loop_thread: EventLoopThread, last_channel: bool
+) -> None:
+    # The payload is read into the channel's segment as it arrives. If the channel is
+    # released in between, the segment must still come back: when the rest arrives on a
+    # connection other channels use, or when the connection closes with the channel.
+    network = NetworkBufferPool(16, SEGMENT_SIZE)
+    decoder = FrameDecoder(SEGMENT_SIZE)
+    with socket.create_server(("127.0.0.1", 0)) as listener, contextlib.ExitStack() as stack:
+        address = listener.getsockname()[:2]
+        manager = ConnectionManager(loop_thread, SEGMENT_SIZE)
+        stack.callback(loop_thread.run, manager.close(), timeout=10)
+        listener.settimeout(10)
+        other = None
+        if not last_channel:
+            other = remote_channel(network, manager, address)
+            stack.callback(other.release_all_resources)
+        free_before = network.available_segments
+        channel = remote_channel(network, manager, address)
+        peer = stack.enter_context(listener.accept()[0])
+        if other is not None:
+            assert isinstance(receive_message(peer, decoder), PartitionRequest)
+        assert isinstance(receive_message(peer, decoder), PartitionRequest)
+
+        send_partial_buffer(peer, channel, size=20_000, sent=5_000)
+        wait_until(lambda: channel.buffer_manager.available == 1, "a segment is filling")
+        channel.release_all_resources()
+        if other is not None:
+            assert receive_message(peer, decoder) == CancelPartitionRequest(channel.id)
+            peer.sendall(bytes(15_000))  # the rest of the payload, for nobody now
+            assert receive_message(peer, decoder) == CancelPartitionRequest(channel.id)
+
+        wait_until(
+            lambda: network.available_segments == free_before,
+            "both segments of the released channel are back in the network pool",
+        )

@@ -209,10 +209,18 @@ class RemoteInputChannel(InputChannel):
 
     def on_error(self, error: BaseException) -> None:
         """Fails the channel (connection lost, producer error...); first error wins."""
+        self.abandon_payload()
+        self.set_error(error)
+
+    def abandon_payload(self) -> None:
+        """The payload being received into our segment will never complete: free it.
+
+        Network thread only, once nothing more is read into the segment (the
+        connection is closed, or the decoder failed).
+        """
         segment, self._pending_segment = self._pending_segment, None
         if segment is not None:
             self.buffer_manager.wrap(segment, 0).recycle()
-        self.set_error(error)
 
     def on_failed_partition_request(self) -> None:
         """The producer's TaskManager has no such partition (yet): retry or fail."""

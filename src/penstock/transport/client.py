@@ -111,6 +111,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
         self._last_read = 0.0
+        # The channel whose segment the payload in progress is read into. It is handed
+        # the response even if released meanwhile, so that the segment goes back.
+        self._receiving: RemoteInputChannel | None = None
 
     # -- asyncio.BufferedProtocol ----------------------------------------------------
 
@@ -154,6 +157,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        receiving, self._receiving = self._receiving, None
+        if receiving is not None:
+            receiving.abandon_payload()
         self._client.on_connection_lost(exc)
 
     # -- dispatch --------------------------------------------------------------------
@@ -162,15 +168,24 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self, receiver_id: InputChannelID, size: int, data_type: DataType
     ) -> memoryview | None:
         channel = self._client.channels.get(receiver_id)
-        return None if channel is None else channel.allocate(size, data_type)
+        if channel is None:
+            return None
+        region = channel.allocate(size, data_type)
+        if region is not None:
+            self._receiving = channel
+        return region
 
     def _dispatch(self, message: Message) -> bool:
         """Hands ``message`` on; True if it was a buffer and reached its channel."""
         client = self._client
         if isinstance(message, BufferResponse):
+            receiving, self._receiving = self._receiving, None
             channel = client.channels.get(message.receiver_id)
             if channel is None:
-                # The channel was released while the buffer was on its way.
+                # The channel was released while the buffer was on its way. If the
+                # payload was read into its segment, the channel takes it back.
+                if receiving is not None:
+                    receiving.on_buffer_response(message)
                 client.send(CancelPartitionRequest(message.receiver_id))
                 return False
             channel.on_buffer_response(message)
