@@ -147,6 +147,34 @@ def test_zero_initial_credit_is_allowed_and_data_waits_for_credit() -> None:
     setup.teardown()
 
 
+def test_a_receiver_without_exclusive_buffers_is_told_the_backlog_once_credit_is_spent() -> None:
+    # Such a receiver borrows floating buffers only when it learns of a backlog, so
+    # with no credit the data that waits must be announced to it.
+    setup = make_reader(0)
+    reader = setup.reader
+    assert reader.backlog_to_announce() == 0  # nothing waits
+    setup.add_data(b"abcd")
+    setup.add_data(b"efgh")
+    assert reader.backlog_to_announce() == 1  # the last buffer counts after a flush
+    reader.add_credit(1)
+    assert reader.backlog_to_announce() == 0  # it has credit: the buffer will say
+    assert poll(reader)[1] == b"abcd"
+    assert reader.backlog_to_announce() == 0  # the last, unflushed buffer
+    setup.partition.flush_all()
+    assert reader.backlog_to_announce() == 1
+    setup.teardown()
+
+    # A receiver with exclusive buffers announces credit as it frees them: nothing to tell.
+    setup = make_reader(1)
+    setup.add_data(b"abcd")
+    setup.add_data(b"efgh")
+    assert poll(setup.reader)[1] == b"abcd"
+    assert setup.reader.credit == 0
+    setup.partition.flush_all()
+    assert setup.reader.backlog_to_announce() == 0
+    setup.teardown()
+
+
 def test_events_need_no_credit() -> None:
     setup = make_reader(0)
     setup.add_event(CancelCheckpointMarker(1))

@@ -261,6 +261,22 @@ def test_partition_custom_takes_a_plain_callable() -> None:
     assert all(consumer == value % 2 for _, consumer, value in routes)
 
 
+def test_channels_without_exclusive_buffers_live_on_floating_ones() -> None:
+    # buffers-per-channel 0: every buffer a remote channel receives is borrowed from
+    # its gate, after the sender announced the backlog.
+    routes = run_exchange(
+        lambda stream: stream.rebalance(),
+        extra={"taskmanager.network.memory.buffers-per-channel": 0},
+    )
+    assert_every_value_once(routes)
+    assert {(producer, consumer) for producer, consumer, _ in routes} == {
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    }
+
+
 def test_key_selectors_and_partitioners_are_opened_and_closed_once_per_subtask(
     tmp_path: Path,
 ) -> None:

@@ -105,6 +105,20 @@ class CreditBasedReader:
             return True  # so the server polls it and sends the failure or the release
         return view.get_availability_and_backlog(self.credit > 0)[0]
 
+    def backlog_to_announce(self) -> int:
+        """The backlog to tell a receiver that has no credit by design, else 0.
+
+        A receiver without exclusive buffers (initial credit 0) asks for floating ones
+        only when it learns of a backlog. Once its credit is spent, data that waits for
+        it must be announced (BacklogAnnouncement), or it would wait forever.
+        """
+        view = self.view
+        if self.initial_credit or self.credit or view is None or self._released:
+            return 0
+        if view.is_released:
+            return 0
+        return view.get_availability_and_backlog(False)[1]
+
     def get_next_buffer(self) -> BufferAndBacklog | None:
         """The next buffer within credit, or None.
 

@@ -67,6 +67,7 @@ from penstock.transport.loop import EventLoopThread, close_connections
 from penstock.transport.messages import (
     AckAllUserRecordsProcessed,
     AddCredit,
+    BacklogAnnouncement,
     CancelPartitionRequest,
     CloseRequest,
     ErrorResponse,
@@ -297,7 +298,12 @@ class _ServerConnection(asyncio.Protocol):
             self._lock.release()
 
     def _enqueue_if_available(self, reader: CreditBasedReader) -> None:
-        if reader.in_queue or not reader.is_available():
+        if reader.in_queue:
+            return
+        if not reader.is_available():
+            backlog = reader.backlog_to_announce()
+            if backlog:
+                self._send(BacklogAnnouncement(backlog, reader.receiver_id))
             return
         reader.in_queue = True
         self._available.append(reader)
