@@ -20,6 +20,7 @@ from penstock.buffer.buffer import Buffer
 from penstock.consumer.buffer_manager import BufferManager
 from penstock.memory.local_pool import LocalBufferPool
 from penstock.memory.network_pool import NetworkBufferPool
+from penstock.memory.segment import MemorySegment
 
 if TYPE_CHECKING:
     from penstock.consumer.remote_channel import RemoteInputChannel
@@ -364,3 +365,63 @@ class BufferManagerMachine(RuleBasedStateMachine):
 
 BufferManagerMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40)
 TestBufferManagerModel = BufferManagerMachine.TestCase
+
+
+# -- listeners and segments that come free without a recycle ------------------------------
+
+
+class OfferRecorder:
+    """A floating-buffer listener that takes (or refuses) what it is offered."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.offered: list[Buffer] = []
+
+    def notify_buffer_available(self, buffer: Buffer) -> bool:
+        self.offered.append(buffer)
+        return self.accept
+
+    def notify_buffer_destroyed(self) -> None:
+        pass
+
+
+def exhausted_gate_pool() -> tuple[NetworkBufferPool, LocalBufferPool, list[MemorySegment]]:
+    """A gate pool whose one segment is in use while other pools hold all the rest."""
+    network = NetworkBufferPool(10, 1024)
+    pool = network.create_buffer_pool(1, 8)
+    held: list[MemorySegment] = []
+    while (segment := network.request_pooled_segment()) is not None:
+        held.append(segment)
+    while (segment := pool.request_memory_segment()) is not None:
+        held.append(segment)
+    return network, pool, held
+
+
+def test_a_listener_gets_a_segment_the_pool_takes_from_the_global_pool() -> None:
+    network, pool, held = exhausted_gate_pool()
+    refusing, listener = OfferRecorder(accept=False), OfferRecorder()
+    assert pool.add_buffer_listener(refusing)
+    assert pool.add_buffer_listener(listener)
+
+    network.recycle(held.pop())  # free again, globally
+
+    # Refused by the first listener, taken by the second: none lies idle in the pool.
+    assert (len(refusing.offered), len(listener.offered)) == (1, 1)
+    assert pool.available_segments == 0
+    listener.offered[0].recycle()
+    assert pool.available_segments == 1
+
+
+def test_a_listener_gets_a_segment_when_the_pool_grows() -> None:
+    network = NetworkBufferPool(10, 1024)
+    pool = network.create_buffer_pool(1, 8)
+    pool.set_num_buffers(1)
+    first = pool.request_memory_segment()
+    assert first is not None and pool.request_memory_segment() is None
+    listener = OfferRecorder()
+    assert pool.add_buffer_listener(listener)
+
+    pool.set_num_buffers(2)
+
+    assert len(listener.offered) == 1
+    assert pool.available_segments == 0

@@ -271,6 +271,7 @@ class LocalBufferPool:
             )
             returns = self._take_returns()
         self._after_update(to_complete, register, returns)
+        self._serve_listeners()
 
     def destroy(self) -> None:
         """Returns free segments now and in-use ones when recycled; wakes all waiters."""
@@ -358,6 +359,26 @@ class LocalBufferPool:
                 return
             to_complete, register = self._update_availability()
         self._after_update(to_complete, register, [])
+        self._serve_listeners()
+
+    def _serve_listeners(self) -> None:
+        """Hands segments that became free without a recycle to waiting listeners.
+
+        Not under the lock. A listener registers only while no segment is free, and a
+        recycled segment goes to it first; so must one that the pool gets from the
+        global pool or by growing, or the listener would wait while it lies here.
+        """
+        while True:
+            with self._lock:
+                if self._destroyed or not self._available or not self._listeners:
+                    return
+                listener = self._listeners.popleft()
+                segment = self._available.popleft()
+                to_complete, register = self._update_availability()
+                returns = self._take_returns()
+            self._after_update(to_complete, register, returns)
+            if not listener.notify_buffer_available(Buffer.wrap(segment, 0, self)):
+                self.recycle(segment)  # refused: to the next listener, or kept free
 
     def __repr__(self) -> str:
         return (
