@@ -138,6 +138,36 @@ def test_run_with_a_bad_dynamic_property_exits_2_before_anything_starts(
     assert child_pids() == before
 
 
+def test_run_reads_the_environment_and_d_wins_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENSTOCK_PARALLELISM_DEFAULT", "0")
+    monkeypatch.setenv("PENSTOCK_CLUSTER_SECRET", "not a configuration key")
+    before = child_pids()
+    assert main(["run", *LOCAL]) == 2
+    err = capsys.readouterr().err
+    assert "parallelism.default='0'" in err
+    assert "from environment variable PENSTOCK_PARALLELISM_DEFAULT" in err
+    assert child_pids() == before
+
+    job_file = tmp_path / "sequence.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 10).add_sink(lambda n: None)\n"
+        "env.execute('sequence')\n"
+    )
+    monkeypatch.setenv("PENSTOCK_PARALLELISM_DEFAULT", "3")
+    assert main(["run", str(job_file), *LOCAL]) == 0
+    assert (
+        summary_rows(capsys.readouterr().out)["Source: Sequence Source -> Sink: Unnamed"][0] == "3"
+    )
+    assert main(["run", str(job_file), *LOCAL, "-D", "parallelism.default=2"]) == 0
+    assert (
+        summary_rows(capsys.readouterr().out)["Source: Sequence Source -> Sink: Unnamed"][0] == "2"
+    )
+
+
 def test_run_with_contradicting_network_memory_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -674,6 +674,19 @@ class TestEnvironment:
         assert info.value.value == "3"
         assert "did you mean 'PENSTOCK_PARALLELISM_DEFAULT'" in info.value.reason
 
+    def test_penstocks_other_variables_are_not_keys_and_pass(self) -> None:
+        from penstock.runtime.control import SECRET_ENV
+
+        assert SECRET_ENV in cfg.OTHER_ENV_VARIABLES
+        config = Configuration.from_env(
+            {
+                "PENSTOCK_CLUSTER_SECRET": "c2VjcmV0",
+                "PENSTOCK_FLINK_BENCH": "/opt/flink-bench",
+                "PENSTOCK_PARALLELISM_DEFAULT": "2",
+            }
+        )
+        assert config.to_dict() == {"parallelism.default": 2}
+
     def test_bad_value_names_the_variable(self) -> None:
         with pytest.raises(ConfigurationError) as info:
             Configuration.from_env({"PENSTOCK_PARALLELISM_DEFAULT": "many"})

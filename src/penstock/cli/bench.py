@@ -575,12 +575,15 @@ def _timeout_text(flush_timeout_ms: int) -> str:
 
 
 def _dynamic_config(command: str, properties: Iterable[str]) -> dict[str, str] | None:
-    """The ``-D`` properties, validated, by canonical key; ``None`` after a usage error."""
+    """The configuration, validated, by canonical key; ``None`` after a usage error.
+
+    That is the ``PENSTOCK_*`` environment with the ``-D`` properties over it.
+    """
     from penstock.config import Configuration
     from penstock.errors import ConfigurationError
 
     try:
-        config = Configuration.from_dynamic_properties(properties)
+        config = Configuration.load(dynamic=properties)
     except ConfigurationError as exc:
         usage_error(command, str(exc))
         return None

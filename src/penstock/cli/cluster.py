@@ -18,11 +18,9 @@ command line, where other users of the host could read it.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
 from types import FrameType
 
 from penstock.cli._args import SubParsers, positive_int, usage_error
@@ -89,14 +87,6 @@ def add_taskmanager_parser(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=taskmanager_command)
 
 
-def _environment() -> Mapping[str, str]:
-    # The key's variable shares the PENSTOCK_ prefix of configuration variables but is
-    # not a configuration key.
-    from penstock.runtime.control import SECRET_ENV
-
-    return {name: value for name, value in os.environ.items() if name != SECRET_ENV}
-
-
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -109,7 +99,7 @@ def jobmanager_command(args: argparse.Namespace) -> int:
     from penstock.runtime.jobmanager import JobManager
 
     try:
-        config = Configuration.load(environ=_environment(), dynamic=args.dynamic)
+        config = Configuration.load(dynamic=args.dynamic)
         secret = load_secret(args.secret_file, create=True)
         host = args.host or config.get(JOBMANAGER_RPC_ADDRESS)
         port = config.get(JOBMANAGER_RPC_PORT) if args.port is None else args.port
@@ -139,7 +129,7 @@ def taskmanager_command(args: argparse.Namespace) -> int:
     from penstock.runtime.taskmanager import run_task_manager
 
     try:
-        config = Configuration.load(environ=_environment(), dynamic=args.dynamic)
+        config = Configuration.load(dynamic=args.dynamic)
         secret = load_secret(args.secret_file)
         address = parse_address(args.jobmanager)
     except PenstockError as exc:

@@ -86,7 +86,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # Everything that can be wrong with the command is found before a process starts.
     try:
-        config = Configuration.from_dynamic_properties(args.dynamic)
+        config = Configuration.load(dynamic=args.dynamic)  # the environment, then -D
         ShuffleOptions.from_configuration(config)
     except ConfigurationError as exc:
         return usage_error("run", str(exc))

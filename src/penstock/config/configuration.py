@@ -22,6 +22,7 @@ from penstock.config.options import (
     _BY_NAME,
     ENV_PREFIX,
     OPTIONS,
+    OTHER_ENV_VARIABLES,
     ConfigOption,
     _suggestion,
     _unknown_key,
@@ -192,7 +193,9 @@ class Configuration:
         """The ``PENSTOCK_*`` variables of ``environ`` (default: ``os.environ``).
 
         A variable is a key upper-cased with ``.`` and ``-`` turned into ``_``, e.g.
-        ``PENSTOCK_PARALLELISM_DEFAULT=4``. Variables without the prefix are ignored.
+        ``PENSTOCK_PARALLELISM_DEFAULT=4``. Variables without the prefix are ignored,
+        and so are penstock's other variables (``OTHER_ENV_VARIABLES``: the cluster
+        key, the Flink harness).
 
         Raises:
             ConfigurationError: A ``PENSTOCK_*`` variable matches no key (naming the
@@ -201,7 +204,7 @@ class Configuration:
         environment = os.environ if environ is None else environ
         pairs: list[tuple[str, object]] = []
         for variable, value in environment.items():
-            if not variable.startswith(ENV_PREFIX):
+            if not variable.startswith(ENV_PREFIX) or variable in OTHER_ENV_VARIABLES:
                 continue
             key = _BY_ENV_NAME.get(variable)
             if key is None:

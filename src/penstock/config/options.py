@@ -56,6 +56,7 @@ __all__ = [
     "NETWORK_RETRIES",
     "NUMBER_OF_TASK_SLOTS",
     "OPTIONS",
+    "OTHER_ENV_VARIABLES",
     "PARALLELISM_DEFAULT",
     "PARTITION_REQUEST_TIMEOUT",
     "PROMETHEUS_PORT",
@@ -78,6 +79,11 @@ __all__ = [
 T_co = TypeVar("T_co", covariant=True)
 
 ENV_PREFIX: Final = "PENSTOCK_"
+
+OTHER_ENV_VARIABLES: Final = frozenset({"PENSTOCK_CLUSTER_SECRET", "PENSTOCK_FLINK_BENCH"})
+"""penstock's environment variables that are not configuration keys: the cluster key
+(``penstock.runtime.control.SECRET_ENV``) and the Flink harness of ``bench compare``.
+Reading the configuration from the environment passes over them."""
 
 
 @dataclass(frozen=True, slots=True)
