@@ -17,6 +17,7 @@ from loop_helpers import busy_loop
 from penstock.buffer.buffer import DataType
 from penstock.consumer.input_gate import SingleInputGate
 from penstock.consumer.remote_channel import RemoteInputChannel
+from penstock.errors import RemoteTransportError
 from penstock.ids import InputChannelID, ResultPartitionID
 from penstock.memory.network_pool import NetworkBufferPool
 from penstock.transport.client import ConnectionManager, NettyPartitionRequestClient
@@ -244,3 +245,66 @@ def test_a_channel_released_while_its_buffer_arrives_gets_the_segment_back(
             lambda: network.available_segments == free_before,
             "both segments of the released channel are back in the network pool",
         )
+
+
+# -- connecting -------------------------------------------------------------------------
+
+
+def refusing_address() -> tuple[str, int]:
+    """A loopback address where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host, port = probe.getsockname()[:2]
+    return host, port
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_failed_connect_is_tried_again_retries_times(
+    loop_thread: EventLoopThread, retries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[tuple[str, int]] = []
+    connect = NettyPartitionRequestClient.connect
+
+    async def counting_connect(
+        client: NettyPartitionRequestClient, ssl_context: object, timeout_s: float
+    ) -> None:
+        attempts.append(client.connection_id)
+        await connect(client, None, timeout_s)
+
+    monkeypatch.setattr(NettyPartitionRequestClient, "connect", counting_connect)
+    manager = ConnectionManager(loop_thread, 32 * 1024, retries=retries)
+    address = refusing_address()
+    with pytest.raises(RemoteTransportError, match="Connecting to remote task manager"):
+        manager.create_partition_request_client(address)
+    assert attempts == [address] * (retries + 1)
+    assert manager.number_of_connections == 0
+    loop_thread.run(manager.close(), timeout=10)
+
+
+def test_a_connect_that_fails_once_succeeds_on_its_retry(
+    loop_thread: EventLoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = NettyPartitionRequestClient.connect
+    failures = [RemoteTransportError("refused", "here")]
+
+    async def failing_once(
+        client: NettyPartitionRequestClient, ssl_context: object, timeout_s: float
+    ) -> None:
+        if failures:
+            raise failures.pop()
+        await connect(client, None, timeout_s)
+
+    monkeypatch.setattr(NettyPartitionRequestClient, "connect", failing_once)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        manager = ConnectionManager(loop_thread, 32 * 1024, retries=1)
+        client = manager.create_partition_request_client(listener.getsockname()[:2])
+        assert client.connection is not None and not failures
+        loop_thread.run(manager.close(), timeout=10)
+
+
+def test_connect_timeout_zero_means_no_limit(loop_thread: EventLoopThread) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        manager = ConnectionManager(loop_thread, 32 * 1024, connect_timeout_s=0)
+        client = manager.create_partition_request_client(listener.getsockname()[:2])
+        assert client.connection is not None
+        loop_thread.run(manager.close(), timeout=10)

@@ -113,6 +113,7 @@ class ShuffleEnvironment:
             options.segment_size,
             ssl_context=client_context(self.ssl) if self.ssl.enabled else None,
             connect_timeout_s=options.connect_timeout_ms / 1000,
+            retries=options.retries,
         )
         self._started = False
         self._closed = False

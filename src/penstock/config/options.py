@@ -298,7 +298,7 @@ NETTY_CLIENT_CONNECT_TIMEOUT_SEC: Final = ConfigOption(
     key="taskmanager.network.netty.client.connectTimeoutSec",
     default=120,
     parser=int_parser(min_value=0),
-    description="Timeout of a connection attempt to another TaskManager, in seconds.",
+    description="Timeout of a connection attempt to another TaskManager, in seconds; 0 sets none.",
 )
 DETAILED_METRICS: Final = ConfigOption(
     key="taskmanager.network.detailed-metrics",

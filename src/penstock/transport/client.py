@@ -233,7 +233,7 @@ class NettyPartitionRequestClient:
         loop = asyncio.get_running_loop()
         host, port = self.connection_id
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s if timeout_s > 0 else None):
                 _, protocol = await loop.create_connection(
                     lambda: _ClientProtocol(self, self.manager.max_buffer_size),
                     host,
@@ -417,7 +417,9 @@ class ConnectionManager:
         loop_thread: The TaskManager's network loop.
         max_buffer_size: The segment size: the largest payload a response may carry.
         ssl_context: Client-side TLS context (mutual authentication), or None.
-        connect_timeout_s: ``taskmanager.network.netty.client.connectTimeoutSec``.
+        connect_timeout_s: ``taskmanager.network.netty.client.connectTimeoutSec``: the
+            limit of one attempt; 0 sets none.
+        retries: ``taskmanager.network.retries``: attempts after a first that failed.
     """
 
     def __init__(
@@ -426,11 +428,13 @@ class ConnectionManager:
         max_buffer_size: int,
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout_s: float = 120.0,
+        retries: int = 0,
     ) -> None:
         self.loop_thread = loop_thread
         self.max_buffer_size = max_buffer_size
         self.ssl_context = ssl_context
         self.connect_timeout_s = connect_timeout_s
+        self.retries = retries
         self._clients: dict[ConnectionID, asyncio.Future[NettyPartitionRequestClient]] = {}
         self._closing: set[NettyPartitionRequestClient] = set()
         """Forgotten clients whose connection is still closing (a TLS shutdown can wait on
@@ -455,7 +459,7 @@ class ConnectionManager:
             self._clients[address] = future
             client = NettyPartitionRequestClient(self, address, self.loop_thread)
             try:
-                await client.connect(self.ssl_context, self.connect_timeout_s)
+                await self._connect(client)
             except BaseException as exc:
                 del self._clients[address]
                 future.set_exception(exc)
@@ -467,6 +471,22 @@ class ConnectionManager:
         # connection for want of users.
         client.acquire()
         return client
+
+    async def _connect(self, client: NettyPartitionRequestClient) -> None:
+        """Connects ``client``, trying again up to ``retries`` times, as Flink does."""
+        for attempt in range(self.retries + 1):
+            try:
+                await client.connect(self.ssl_context, self.connect_timeout_s)
+                return
+            except RemoteTransportError as exc:
+                if attempt == self.retries or self._closed:
+                    raise
+                log.warning(
+                    "Failed %d time(s) to connect to %s (%s); trying again",
+                    attempt + 1,
+                    client.address,
+                    exc.__cause__ or exc,
+                )
 
     def forget(self, client: NettyPartitionRequestClient) -> None:
         """Drops a closed or failed connection so the next request reconnects."""
