@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from hypothesis import given
@@ -17,8 +18,12 @@ from penstock.runtime.states import ExecutionState
 from penstock.runtime.task import Task
 from penstock.serialization.types import IntSerializer, TypeSerializer
 from penstock.shuffle import ShuffleEnvironment
-from penstock.task.metrics import METRIC_NAMES, TaskIOMetrics, TimerGauge
+from penstock.task.metrics import DETAILED_QUEUE_METRICS, METRIC_NAMES, TaskIOMetrics, TimerGauge
 from penstock.task.operators import CollectSinkFactory, SequenceSourceFactory
+
+if TYPE_CHECKING:
+    from penstock.consumer.input_gate import SingleInputGate
+    from penstock.partition.result_partition import ResultPartition
 
 WAIT = 30.0
 
@@ -153,6 +158,67 @@ def test_snapshot_is_safe_from_another_thread_while_timers_run() -> None:
     thread.join(WAIT)
     assert failures == []
     assert metrics.snapshot()["numRecordsOut"] == 2000
+
+
+class QueueOf:
+    """A channel or subpartition with ``queued`` buffers, as the metrics read them."""
+
+    is_remote = False
+    num_buffers_in = 0
+    num_bytes_in = 0
+
+    def __init__(self, queued: int) -> None:
+        self.queue_length = queued
+
+    def buffers_in_use(self) -> int:
+        return self.queue_length
+
+
+class GateOf:
+    buffer_pool = None
+
+    def __init__(self, *queued: int) -> None:
+        self.channels = [QueueOf(n) for n in queued]
+        self.input_queue_length = sum(queued)
+
+
+class OutputOf:
+    num_bytes_out = 0
+    out_pool_usage = 0.0
+    is_released = False
+
+    def __init__(self, *queued: int) -> None:
+        self.subpartitions = [QueueOf(n) for n in queued]
+        self.output_queue_length = sum(queued)
+
+    def is_available(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("detailed", [False, True])
+def test_detailed_metrics_add_the_queue_lengths_of_each_gate_and_output(detailed: bool) -> None:
+    metrics = TaskIOMetrics(detailed=detailed)
+    metrics.attach(
+        cast("list[ResultPartition]", [OutputOf(3, 0, 1, 4), OutputOf(2)]),
+        cast("list[SingleInputGate]", [GateOf(1, 5), GateOf()]),
+    )
+    snapshot = metrics.snapshot()
+    assert (snapshot["inputQueueLength"], snapshot["outputQueueLength"]) == (6, 10)
+    extra = {name: value for name, value in snapshot.items() if name not in METRIC_NAMES}
+    if not detailed:
+        assert extra == {}
+        return
+    expected = {
+        "Shuffle.Netty.Input.0": (6, 1, 5, 3.0),
+        "Shuffle.Netty.Input.1": (0, 0, 0, 0.0),
+        "Shuffle.Netty.Output.0": (8, 0, 4, 2.0),
+        "Shuffle.Netty.Output.1": (2, 2, 2, 2.0),
+    }
+    assert extra == {
+        f"{group}.{name}": value
+        for group, values in expected.items()
+        for name, value in zip(DETAILED_QUEUE_METRICS, values, strict=True)
+    }
 
 
 # -- remote input, two environments in one process ----------------------------------------

@@ -304,7 +304,7 @@ DETAILED_METRICS: Final = ConfigOption(
     key="taskmanager.network.detailed-metrics",
     default=False,
     parser=parse_bool,
-    description="Whether to report per-gate buffer usage metrics as well.",
+    description="Whether to report the queue lengths of each input gate and output as well.",
 )
 DATA_PORT: Final = ConfigOption(
     key="taskmanager.data.port",

@@ -70,7 +70,7 @@ class Task:
         self.shuffle = shuffle
         self.on_state = on_state
         self.results_sink = results_sink
-        self.metrics = TaskIOMetrics()
+        self.metrics = TaskIOMetrics(detailed=shuffle.options.detailed_metrics)
         self.failure_cause: BaseException | None = None
         self._state = ExecutionState.CREATED
         self._lock = threading.Lock()

@@ -31,7 +31,13 @@ from penstock.consumer.input_channel import InputChannel
 from penstock.consumer.input_gate import SingleInputGate
 from penstock.partition.result_partition import ResultPartition
 
-__all__ = ["DEFAULT_WINDOW_SECONDS", "METRIC_NAMES", "TaskIOMetrics", "TimerGauge"]
+__all__ = [
+    "DEFAULT_WINDOW_SECONDS",
+    "DETAILED_QUEUE_METRICS",
+    "METRIC_NAMES",
+    "TaskIOMetrics",
+    "TimerGauge",
+]
 
 DEFAULT_WINDOW_SECONDS: Final = 5
 """Length of the window of the ``*MsPerSecond`` gauges (Flink's TimerGauge uses 60 s
@@ -60,7 +66,12 @@ METRIC_NAMES: Final = (
     "accumulateBusyTimeMs",
     "accumulateBackPressuredTimeMs",
 )
-"""Every key of ``TaskIOMetrics.snapshot()``."""
+"""Every key of ``TaskIOMetrics.snapshot()`` (besides the detailed ones)."""
+
+DETAILED_QUEUE_METRICS: Final = ("totalQueueLen", "minQueueLen", "maxQueueLen", "avgQueueLen")
+"""With ``taskmanager.network.detailed-metrics``, the queue lengths of each input gate
+(over its channels) and each output (over its subpartitions), as Flink names them:
+``Shuffle.Netty.Input.<gate index>.<name>`` and ``Shuffle.Netty.Output.<output index>.<name>``."""
 
 Clock = Callable[[], float]
 """Seconds on a monotonic clock."""
@@ -185,12 +196,18 @@ class TaskIOMetrics:
     Args:
         clock: Monotonic seconds, shared by the timers.
         window_seconds: Window of the ``*MsPerSecond`` gauges.
+        detailed: Also report the queue lengths of each gate and output
+            (``DETAILED_QUEUE_METRICS``).
     """
 
     def __init__(
-        self, clock: Clock = time.monotonic, window_seconds: int = DEFAULT_WINDOW_SECONDS
+        self,
+        clock: Clock = time.monotonic,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        detailed: bool = False,
     ) -> None:
         self._clock = clock
+        self.detailed = detailed
         self.idle_timer = TimerGauge(clock, window_seconds)
         self.soft_back_pressured_timer = TimerGauge(clock, window_seconds)
         self.hard_back_pressured_timer = TimerGauge(clock, window_seconds)
@@ -258,7 +275,7 @@ class TaskIOMetrics:
             else:
                 local += channel.num_buffers_in
         in_pools = [gate.buffer_pool.usage for gate in self.gates if gate.buffer_pool is not None]
-        return {
+        figures = {
             "numRecordsIn": float(self.num_records_in),
             "numRecordsOut": float(self.num_records_out),
             "numBytesIn": float(sum(channel.num_bytes_in for channel in self.channels)),
@@ -287,3 +304,22 @@ class TaskIOMetrics:
             "accumulateBusyTimeMs": max(0.0, elapsed_ms - idle_ms - back_pressured_ms),
             "accumulateBackPressuredTimeMs": back_pressured_ms,
         }
+        if self.detailed:
+            for index, gate in enumerate(self.gates):
+                lengths = [channel.buffers_in_use() for channel in gate.channels]
+                figures.update(_queue_figures(f"Shuffle.Netty.Input.{index}", lengths))
+            for index, partition in enumerate(self.partitions):
+                lengths = [subpartition.queue_length for subpartition in partition.subpartitions]
+                figures.update(_queue_figures(f"Shuffle.Netty.Output.{index}", lengths))
+        return figures
+
+
+def _queue_figures(group: str, lengths: Sequence[int]) -> dict[str, float]:
+    """``DETAILED_QUEUE_METRICS`` of one gate or output, named under ``group``."""
+    total = sum(lengths)
+    return {
+        f"{group}.totalQueueLen": float(total),
+        f"{group}.minQueueLen": float(min(lengths, default=0)),
+        f"{group}.maxQueueLen": float(max(lengths, default=0)),
+        f"{group}.avgQueueLen": total / len(lengths) if lengths else 0.0,
+    }
