@@ -26,7 +26,6 @@ from penstock.config import (
     NUMBER_OF_TASK_SLOTS,
     OPTIONS,
     PARALLELISM_DEFAULT,
-    PROMETHEUS_PORT,
     SEGMENT_SIZE,
     SSL_INTERNAL_KEY_PASSWORD,
     SSL_INTERNAL_KEYSTORE,
@@ -359,7 +358,6 @@ class TestOptions:
             (cfg.JOBMANAGER_RPC_PORT, 6123),
             (cfg.HEARTBEAT_INTERVAL, 10_000),
             (cfg.HEARTBEAT_TIMEOUT, 50_000),
-            (cfg.PROMETHEUS_PORT, None),
         ],
     )
     def test_flink_defaults(self, option: ConfigOption[object], default: object) -> None:
@@ -403,7 +401,6 @@ class TestOptions:
             ("security.ssl.internal.protocol", "SSLv3"),
             ("jobmanager.rpc.port", -1),
             ("heartbeat.interval", "0 s"),
-            ("metrics.prometheus.port", "http"),
         ],
     )
     def test_bad_values(self, key: str, value: object) -> None:
@@ -421,7 +418,7 @@ class TestOptions:
     def test_optional_options(self) -> None:
         config = Configuration({"minicluster.number-of-taskmanagers": "3"})
         assert config.get(MINICLUSTER_NUMBER_OF_TASKMANAGERS) == 3
-        assert config.get(PROMETHEUS_PORT) is None
+        assert config.get(cfg.SSL_INTERNAL_KEYSTORE) is None
 
     def test_buffer_timeout_special_values(self) -> None:
         assert Configuration({"execution.buffer-timeout": -1}).get(BUFFER_TIMEOUT) == -1
@@ -467,8 +464,8 @@ class TestConfiguration:
 
     def test_none_value_is_rejected(self) -> None:
         with pytest.raises(ConfigurationError, match="a value is required") as info:
-            Configuration({"metrics.prometheus.port": None})
-        assert info.value.key == "metrics.prometheus.port"
+            Configuration({"security.ssl.internal.keystore": None})
+        assert info.value.key == "security.ssl.internal.keystore"
 
     def test_non_string_key_is_rejected(self) -> None:
         with pytest.raises(ConfigurationError, match="a key must be a string"):

@@ -59,7 +59,6 @@ __all__ = [
     "OTHER_ENV_VARIABLES",
     "PARALLELISM_DEFAULT",
     "PARTITION_REQUEST_TIMEOUT",
-    "PROMETHEUS_PORT",
     "REQUEST_BACKOFF_INITIAL",
     "REQUEST_BACKOFF_MAX",
     "SEGMENT_SIZE",
@@ -394,12 +393,6 @@ HEARTBEAT_TIMEOUT: Final = ConfigOption(
     parser=duration_parser(min_ms=1),
     description="Silence after which a peer counts as lost.",
 )
-PROMETHEUS_PORT: Final[ConfigOption[int | None]] = ConfigOption(
-    key="metrics.prometheus.port",
-    default=None,
-    parser=int_parser(0, 65535),
-    description="Port of a process's Prometheus endpoint; unset serves no metrics.",
-)
 
 _ALL_OPTIONS: Final[tuple[ConfigOption[object], ...]] = (
     PARALLELISM_DEFAULT,
@@ -439,7 +432,6 @@ _ALL_OPTIONS: Final[tuple[ConfigOption[object], ...]] = (
     JOBMANAGER_RPC_PORT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
-    PROMETHEUS_PORT,
 )
 
 OPTIONS: Final[Mapping[str, ConfigOption[object]]] = MappingProxyType(
