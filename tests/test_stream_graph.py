@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import cloudpickle
 import pytest
 from hypothesis import given
@@ -26,6 +28,7 @@ from penstock.serialization.types import (
     GenericSerializer,
     IntSerializer,
     StrSerializer,
+    StructSerializer,
 )
 from penstock.task.operators import MapFactory, SequenceSourceFactory
 
@@ -507,6 +510,23 @@ def test_edges_carry_the_serializer_of_the_producing_operator() -> None:
         "Sink: mixed": GenericSerializer,
         "Sink: big ints": GenericSerializer,
     }
+
+
+def test_a_struct_layout_as_output_type_gives_records_a_struct_serializer() -> None:
+    env = make_env(1)
+    point = struct.Struct("<qd")
+    source = env.from_sequence(1, 10).map(lambda v: (v, v / 2), output_type=point)
+    source.rebalance().add_sink(print)
+    env.from_collection([(1, 2.5)], point).rebalance().add_sink(print)
+    job = env.get_job_graph()
+    serializers: list[object] = [edge.serializer for edge in job.edges]
+    assert len(serializers) == 2
+    for serializer in serializers:
+        assert isinstance(serializer, StructSerializer)
+        records = [(3, 1.5), (-(2**63), float("inf"))]
+        frames = serializer.serialize_frames(records)  # big-endian on the wire, as Flink
+        assert len(frames) == 2 * (4 + 16)
+        assert serializer.deserialize_frames(memoryview(frames)) == records
 
 
 def test_union_of_different_types_uses_the_generic_serializer_downstream() -> None:

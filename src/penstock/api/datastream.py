@@ -58,6 +58,7 @@ from penstock.task.operators import (
 
 if TYPE_CHECKING:
     from penstock.api.environment import StreamExecutionEnvironment
+    from penstock.serialization.types import TypeInfo
     from penstock.writer.partitioners import KeySelector, Partitioner
 
 __all__ = ["DataStream", "DataStreamSink", "KeyedStream"]
@@ -170,7 +171,7 @@ class DataStream(_OperatorSettings):
         self,
         env: StreamExecutionEnvironment,
         transformation: Transformation,
-        output_type: type | None = None,
+        output_type: TypeInfo | None = None,
     ) -> None:
         self._env = env
         self._transformation = transformation
@@ -182,7 +183,7 @@ class DataStream(_OperatorSettings):
         return self._transformation
 
     @property
-    def output_type(self) -> type | None:
+    def output_type(self) -> TypeInfo | None:
         """The type of the records, when known; it picks a fast serializer."""
         return self._output_type
 
@@ -222,7 +223,7 @@ class DataStream(_OperatorSettings):
     # -- transformations --------------------------------------------------------------
 
     def _one_input(
-        self, name: str, factory: OperatorFactory, output_type: type | None
+        self, name: str, factory: OperatorFactory, output_type: TypeInfo | None
     ) -> DataStream:
         operator = OperatorTransformation(
             id=self._env._next_id(),
@@ -234,13 +235,14 @@ class DataStream(_OperatorSettings):
         self._env._add_operator(operator)
         return DataStream(self._env, operator, output_type)
 
-    def map(self, func: object, output_type: type | None = None) -> DataStream:
+    def map(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """One record out per record in: ``func(record)`` or ``func.map(record)``.
 
         Args:
             func: A callable or a ``MapFunction``.
-            output_type: ``int``, ``float``, ``str`` or ``bytes`` picks a fast
-                serializer for the results; anything else (or None) the generic one.
+            output_type: ``int``, ``float``, ``str`` or ``bytes``, or a ``struct.Struct``
+                layout for tuples of its fields, picks a fast serializer for the
+                results; anything else (or None) the generic one.
 
         Raises:
             TypeError: ``func`` is neither callable nor a ``MapFunction``.
@@ -248,7 +250,7 @@ class DataStream(_OperatorSettings):
         as_map(func)
         return self._one_input("Map", MapFactory(func), output_type)
 
-    def flat_map(self, func: object, output_type: type | None = None) -> DataStream:
+    def flat_map(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """Any number of records per record in: ``func`` returns an iterable.
 
         Args:
@@ -428,7 +430,7 @@ class KeyedStream(DataStream):
         env: StreamExecutionEnvironment,
         transformation: PartitionTransformation,
         key_selector: object,
-        output_type: type | None = None,
+        output_type: TypeInfo | None = None,
     ) -> None:
         super().__init__(env, transformation, output_type)
         self._key_selector = key_selector
@@ -463,7 +465,7 @@ class KeyedStream(DataStream):
         factory = SumFactory(position_to_sum, self._key_selector)
         return self._one_input("Keyed Aggregation", factory, self._output_type)
 
-    def process(self, func: object, output_type: type | None = None) -> DataStream:
+    def process(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """Calls ``func.process_element(value, ctx, out)`` per record (KeyedProcessFunction).
 
         Args:

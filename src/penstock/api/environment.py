@@ -37,6 +37,7 @@ from penstock.task.operators import CollectionSourceFactory, SequenceSourceFacto
 
 if TYPE_CHECKING:
     from penstock.runtime.client import JobExecutionResult
+    from penstock.serialization.types import TypeInfo
 
 __all__ = ["StreamExecutionEnvironment"]
 
@@ -162,7 +163,7 @@ class StreamExecutionEnvironment:
     # -- sources ----------------------------------------------------------------------
 
     def from_collection(
-        self, collection: Iterable[object], type_info: type | None = None
+        self, collection: Iterable[object], type_info: TypeInfo | None = None
     ) -> DataStream:
         """A non-parallel source (parallelism 1) emitting the records of ``collection``.
 
@@ -170,7 +171,8 @@ class StreamExecutionEnvironment:
 
         Args:
             collection: The records.
-            type_info: Their type; ``int``, ``float``, ``str`` or ``bytes`` picks a fast
+            type_info: Their type; ``int``, ``float``, ``str`` or ``bytes``, or a
+                ``struct.Struct`` layout for tuples of its fields, picks a fast
                 serializer. Inferred when every record has the same such type.
         """
         records = tuple(collection)

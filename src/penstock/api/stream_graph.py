@@ -48,7 +48,12 @@ from penstock.config import (
 from penstock.errors import ConfigurationError, IllegalStateError
 from penstock.ids import IntermediateDataSetID, JobID, JobVertexID
 from penstock.runtime.job_graph import JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerSpec
-from penstock.serialization.types import GenericSerializer, TypeSerializer, serializer_for
+from penstock.serialization.types import (
+    GenericSerializer,
+    TypeInfo,
+    TypeSerializer,
+    serializer_for,
+)
 from penstock.task.operator import OperatorFactory
 from penstock.writer.partitioners import KeySelector, Partitioner
 
@@ -132,7 +137,7 @@ class OperatorTransformation:
     name: str
     factory: OperatorFactory
     inputs: tuple[Transformation, ...] = ()
-    output_type: type | None = None
+    output_type: TypeInfo | None = None
     parallelism: int | None = None
     max_parallelism: int | None = None
     slot_sharing_group: str | None = None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Sequence
-from typing import Final, Generic, Protocol, TypeVar, cast, overload
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar, cast, overload
 
 import numpy as np
 
@@ -55,11 +55,16 @@ __all__ = [
     "PickleSerializer",
     "StrSerializer",
     "StructSerializer",
+    "TypeInfo",
     "TypeSerializer",
     "serializer_for",
 ]
 
 T = TypeVar("T")
+
+TypeInfo: TypeAlias = type | struct.Struct
+"""What a stream's records are, to pick their serializer: ``int``, ``float``, ``str`` or
+``bytes``, or a ``struct.Struct`` for records that are tuples of its fixed fields."""
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -532,10 +537,13 @@ def serializer_for(type_hint_or_sample: object) -> object:
     """The serializer for a type, or for records like a sample one.
 
     ``bytes``, ``str``, ``int`` and ``float`` (the exact types, not subclasses such as
-    ``bool``) get their fast serializers; anything else gets ``GenericSerializer``. A
+    ``bool``) get their fast serializers, and a ``struct.Struct`` layout gets a
+    ``StructSerializer`` of its format; anything else gets ``GenericSerializer``. A
     sample ``int`` chooses ``IntSerializer``, which refuses ints beyond 64 bits: pass
     nothing more specific than ``object`` if records may be larger.
     """
+    if isinstance(type_hint_or_sample, struct.Struct):
+        return StructSerializer(type_hint_or_sample.format)
     kind = type_hint_or_sample if isinstance(type_hint_or_sample, type) else None
     if kind is None:
         kind = type(type_hint_or_sample)
