@@ -168,6 +168,16 @@ def test_run_reads_the_environment_and_d_wins_over_it(
     )
 
 
+@pytest.mark.parametrize("port", ["-5", "70000", "any"])
+def test_jobmanager_with_a_bad_port_exits_2_with_the_reason(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["jobmanager", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert "penstock jobmanager: error: argument --port:" in err
+    assert "Traceback" not in err
+
+
 def test_run_with_contradicting_network_memory_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

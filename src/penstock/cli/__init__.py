@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``penstock`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for bad usage, 130 after Ctrl-C.
+        The exit status: 0 on success, 1 when the job failed (``run``), 2 for bad
+        usage or configuration, 130 after Ctrl-C.
     """
     parser = build_parser()
     try:

@@ -23,7 +23,7 @@ import sys
 import threading
 from types import FrameType
 
-from penstock.cli._args import SubParsers, positive_int, usage_error
+from penstock.cli._args import SubParsers, port_number, positive_int, usage_error
 
 __all__ = [
     "add_jobmanager_parser",
@@ -61,7 +61,9 @@ def add_jobmanager_parser(subparsers: SubParsers) -> None:
     )
     parser.add_argument("--host", help="interface to listen on (default: jobmanager.rpc.address)")
     parser.add_argument(
-        "--port", type=int, help="port to listen on, 0 for any (default: jobmanager.rpc.port)"
+        "--port",
+        type=port_number,
+        help="port to listen on, 0 for any (default: jobmanager.rpc.port)",
     )
     _add_common(parser)
     parser.set_defaults(handler=jobmanager_command)
