@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from penstock import StreamExecutionEnvironment
 from penstock import config as cfg
 from penstock.config import (
     BUFFER_TIMEOUT,
@@ -466,6 +467,13 @@ class TestConfiguration:
         with pytest.raises(ConfigurationError, match="a value is required") as info:
             Configuration({"security.ssl.internal.keystore": None})
         assert info.value.key == "security.ssl.internal.keystore"
+
+    @pytest.mark.parametrize("values", ["parallelism.default=2", [("parallelism.default", 2)]])
+    def test_a_configuration_is_built_from_a_mapping_only(self, values: object) -> None:
+        with pytest.raises(ConfigurationError, match="built from a mapping"):
+            Configuration(values)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="built from a mapping"):
+            StreamExecutionEnvironment.get_execution_environment(values)  # type: ignore[arg-type]
 
     def test_non_string_key_is_rejected(self) -> None:
         with pytest.raises(ConfigurationError, match="a key must be a string"):

@@ -438,6 +438,14 @@ def test_an_operator_parallelism_below_one_is_rejected(bad: int) -> None:
     assert caught.value.value == bad
 
 
+@pytest.mark.parametrize("bad", [2.0, "2", True])
+def test_an_operator_parallelism_that_is_not_an_int_is_rejected(bad: object) -> None:
+    mapped = make_env(1).from_sequence(1, 10).map(double)
+    with pytest.raises(ConfigurationError, match="must be an int") as caught:
+        mapped.set_parallelism(bad)  # type: ignore[arg-type]
+    assert caught.value.value == bad
+
+
 def test_from_sequence_takes_the_default_parallelism_resolved_at_build_time() -> None:
     env = make_env(1)
     env.from_sequence(1, 10).print()

@@ -71,7 +71,10 @@ _SCALAR_TYPES: Final = (int, float)
 
 def _check_parallelism(operator: OperatorTransformation, parallelism: object) -> int:
     setting = "parallelism"
-    if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+    if not isinstance(parallelism, int) or isinstance(parallelism, bool):
+        reason = f"The parallelism of an operator must be an int (operator {operator.name!r})."
+        raise ConfigurationError(setting, parallelism, reason)
+    if parallelism < 1:
         reason = f"The parallelism of an operator must be at least 1 (operator {operator.name!r})."
         raise ConfigurationError(setting, parallelism, reason)
     if not operator.parallel and parallelism != 1:

@@ -74,8 +74,11 @@ class Configuration:
         self._values: dict[str, object] = {}
         if isinstance(values, Configuration):
             self._values.update(values._values)
-        elif values is not None:
+        elif isinstance(values, Mapping):
             self._update(list(values.items()))
+        elif values is not None:
+            reason = "a configuration is built from a mapping of keys to values"
+            raise ConfigurationError(type(values).__name__, values, reason)
 
     def _update(self, pairs: Sequence[tuple[str, object]], origin: str | None = None) -> None:
         for key, value in _drop_shadowed_aliases(pairs):
