@@ -4,16 +4,20 @@ Jobs are JobGraphs built directly from the operator factories of
 ``penstock.task.operators`` (no DataStream API). ``FakeTaskManager`` stands in for a
 TaskManager behind a JobManager: it records what the JobManager sends and lets a test
 answer with task states, so scheduling and failure handling are tested without
-processes. ``child_pids`` reads ``/proc`` to find processes this test process started.
+processes. ``child_pids`` reads ``/proc`` to find processes this test process started;
+``LineReader`` and ``reap`` wait for a child's output and its end, each with a timeout.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import select
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 import pytest
 
@@ -126,9 +130,9 @@ class FakeTaskManager:
         )
 
 
-def child_pids() -> set[int]:
-    """Pids of the live (or unreaped) children of this process, from /proc."""
-    me = os.getpid()
+def child_pids(parent: int | None = None) -> set[int]:
+    """Pids of the live (or unreaped) children of ``parent`` (default: this process), from /proc."""
+    me = os.getpid() if parent is None else parent
     children = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -151,6 +155,84 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class LineReader:
+    """Reads a child's output on a thread of its own.
+
+    A test then waits for each line with a timeout, not in a ``readline`` that may never
+    return.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, name="line-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._stream:
+                self._lines.put(line)
+        except (OSError, ValueError):  # the stream was closed under the thread
+            pass
+        finally:
+            self._lines.put(None)
+
+    def readline(self, timeout_s: float = WAIT_S) -> str:
+        """The next line, or "" once the output has ended."""
+        if self._ended:
+            return ""
+        try:
+            line = self._lines.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            msg = f"no line of output within {timeout_s:g} s"
+            raise AssertionError(msg) from None
+        if line is None:
+            self._ended = True
+            return ""
+        return line
+
+    def rest(self, timeout_s: float = WAIT_S) -> str:
+        """The output up to its end (every process writing it must be exiting)."""
+        deadline = time.monotonic() + timeout_s
+        lines = []
+        try:
+            while line := self.readline(deadline - time.monotonic()):
+                lines.append(line)
+        except AssertionError:
+            msg = f"the output did not end within {timeout_s:g} s: a process still writes it"
+            raise AssertionError(msg) from None
+        return "".join(lines)
+
+    def close(self, timeout_s: float = WAIT_S) -> None:
+        """Waits for the end of the output, then closes the stream.
+
+        Every process writing it must be gone; if one still holds it, the stream stays
+        open (closing it would wait for the reading thread) and the test fails on the
+        leftover process instead.
+        """
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._stream.close()
+
+
+def reap(pid: int, timeout_s: float = WAIT_S) -> int | None:
+    """Waits up to ``timeout_s`` for child ``pid`` to end, reaps it, returns its wait status.
+
+    None if it still runs then. ``pid`` must be a child of this process, or an orphan it
+    adopted as a subreaper: ``os.waitpid`` raises ``ChildProcessError`` otherwise.
+    """
+    pidfd = os.pidfd_open(pid)  # readable once the process has ended
+    try:
+        ended, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    if not ended:
+        return None
+    _, status = os.waitpid(pid, 0)  # returns at once: the process has ended
+    return status
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,16 @@ failure, and no process the cluster started is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -21,16 +24,25 @@ import pytest
 from cluster_helpers import (
     WAIT_S,
     FakeTaskManager,
+    LineReader,
+    child_pids,
     edge,
     is_alive,
     job,
     no_leftover_processes,
+    reap,
     vertex,
 )
 from penstock.config import Configuration
 from penstock.errors import ClusterError, JobExecutionError, ProducerFailedError, RemoteError
 from penstock.runtime.client import InProcessSession, execute
-from penstock.runtime.control import CancelTask, CollectBatch, JobResult, Shutdown
+from penstock.runtime.control import (
+    CancelTask,
+    CollectBatch,
+    JobResult,
+    RegistrationAccepted,
+    Shutdown,
+)
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager
 from penstock.runtime.minicluster import MiniCluster
@@ -83,7 +95,9 @@ def endless_job() -> JobGraph:
     return job("endless", [source, mapper], [edge(source, mapper)])
 
 
-@pytest.mark.parametrize("target", ["minicluster", "local"])
+@pytest.mark.parametrize(
+    "target", [pytest.param("minicluster", marks=pytest.mark.cluster), "local"]
+)
 def test_a_user_exception_fails_the_job_with_its_remote_traceback(target: str) -> None:
     with pytest.raises(JobExecutionError) as info:
         execute(failing_job(13), Configuration({"execution.target": target}))
@@ -96,6 +110,7 @@ def test_a_user_exception_fails_the_job_with_its_remote_traceback(target: str) -
     assert "bad record 13" in str(info.value)
 
 
+@pytest.mark.cluster
 def test_a_killed_task_manager_fails_the_job_and_leaves_no_process() -> None:
     cluster = MiniCluster(Configuration(), 2).start()
     pids = cluster.task_manager_pids
@@ -144,6 +159,19 @@ def job_manager(request: pytest.FixtureRequest) -> Iterator[JobManager]:
     manager.shutdown()
 
 
+_probes = itertools.count()
+
+
+def wait_until_handled(job_manager: JobManager) -> None:
+    """Returns once the JobManager's thread has handled every call made before this one.
+
+    The thread handles calls in the order they were made, and a TaskManager that
+    registers now hears back only after everything queued before its registration.
+    """
+    probe = FakeTaskManager(job_manager, f"probe-{next(_probes)}", 1, 7999).register()
+    assert isinstance(probe.next_of(RegistrationAccepted), RegistrationAccepted)
+
+
 def two_by_two() -> JobGraph:
     source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 10)), parallelism=2)
     mapper = vertex("m", ("Map", MapFactory(abs)), parallelism=2)
@@ -163,12 +191,18 @@ def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: Job
     # A later failure while cancelling does not replace the first.
     tm.report(tdds[0], ExecutionState.FAILED, RuntimeError("second"))
     tm.report(tdds[1], ExecutionState.CANCELED)
-    assert recorder.results.empty()
+    wait_until_handled(job_manager)
+    assert recorder.results.empty()  # one task still runs
     tm.report(tdds[3], ExecutionState.CANCELED)
     result = recorder.results.get(timeout=WAIT_S)
     assert isinstance(result.error, RemoteError)
     assert result.error.type_name == "builtins.KeyError"
     assert not result.cancelled
+    # Every task's final report, the last one's too, went into the result.
+    assert len(result.metrics) == 4
+    assert all(metrics == {"numRecordsOut": 1.0} for metrics in result.metrics.values())
+    wait_until_handled(job_manager)
+    assert recorder.results.empty()  # one result per job
 
 
 def test_a_producer_failure_reported_after_its_consumers_symptom_is_the_cause(
@@ -301,47 +335,76 @@ _CLIENT: Final = textwrap.dedent(
 )
 
 
-def start_client(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], list[int]]:
+@dataclass
+class Client:
+    process: subprocess.Popen[str]
+    output: LineReader
+    task_managers: list[int]
+
+
+@contextlib.contextmanager
+def running_client(tmp_path: Path, mode: str) -> Iterator[Client]:
+    """A client process running _CLIENT, once both its TaskManagers are up.
+
+    On the way out the client, and then any TaskManager still running (by then an
+    orphan this process adopted as a subreaper), are killed if need be and reaped.
+    """
     script = tmp_path / "client.py"
     script.write_text(_CLIENT)
-    client = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, str(script), mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert client.stdout is not None
-    pids: list[int] = []
-    while len(pids) < 2:
-        line = client.stdout.readline()
-        assert line.startswith("TM "), line
-        pids.append(int(line.split()[1]))
-    return client, pids
+    assert process.stdout is not None and process.stdin is not None
+    output = LineReader(process.stdout)
+    client = Client(process, output, [])
+    try:
+        while len(client.task_managers) < 2:
+            line = output.readline()
+            assert line.startswith("TM "), line
+            client.task_managers.append(int(line.split()[1]))
+        yield client
+    finally:
+        left = set(client.task_managers)
+        if process.poll() is None:
+            left |= child_pids(process.pid)  # its TaskManagers, announced or not
+            process.kill()
+        try:
+            process.wait(timeout=WAIT_S)
+        finally:
+            for pid in sorted(left):
+                if is_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                        reap(pid)
+            process.stdin.close()
+            output.close()
 
 
+@pytest.mark.cluster
 def test_ctrl_c_cancels_the_job_and_leaves_no_process(tmp_path: Path, subreaper: None) -> None:
-    client, pids = start_client(tmp_path, "execute")
-    assert len(set(pids)) == 2
-    client.send_signal(signal.SIGINT)
-    out, _ = client.communicate(timeout=WAIT_S)
-    assert client.returncode == 130
-    assert "interrupted" in out
-    for pid in pids:
-        # An orphaned TaskManager would now be our child and keep running.
-        assert not is_alive(pid)
+    with running_client(tmp_path, "execute") as client:
+        assert len(set(client.task_managers)) == 2
+        client.process.send_signal(signal.SIGINT)
+        assert client.process.wait(timeout=WAIT_S) == 130
+        assert "interrupted" in client.output.rest()
+        for pid in client.task_managers:
+            # An orphaned TaskManager would now be our child and keep running.
+            assert not is_alive(pid)
 
 
+@pytest.mark.cluster
 def test_task_managers_exit_when_their_client_dies(tmp_path: Path, subreaper: None) -> None:
-    client, pids = start_client(tmp_path, "cluster")
-    client.kill()
-    client.wait()
-    assert client.stdout is not None and client.stdin is not None
-    client.stdout.close()
-    client.stdin.close()
-    for pid in pids:
-        # Orphans are reparented to this process (the subreaper), so wait for each.
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status)
+    with running_client(tmp_path, "cluster") as client:
+        client.process.kill()
+        client.process.wait(timeout=WAIT_S)
+        for pid in client.task_managers:
+            # Orphans are reparented to this process (the subreaper), so wait for each.
+            status = reap(pid)
+            assert status is not None, f"TaskManager {pid} still runs without its client"
+            assert os.WIFEXITED(status)
 
 
 def test_a_lost_task_manager_is_the_root_cause_over_its_symptoms(

@@ -19,6 +19,10 @@ from penstock.transport.loop import EventLoopThread
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S: Final = 10.0
+HOLD_S: Final = 30.0
+"""How long a test may keep the loop busy: well past any wait that expects bytes."""
+RECEIVE_S: Final = 5.0
+"""How long a test waits for bytes that must not need the loop."""
 _CHUNK: Final = struct.Struct(">II")  # chunk number, length of what follows
 
 
@@ -43,7 +47,8 @@ class Connection:
 
         self.loop_thread.run(run(), timeout=TIMEOUT_S)
 
-    def receive(self, size: int) -> bytes:
+    def receive(self, size: int, timeout_s: float = TIMEOUT_S) -> bytes:
+        self.peer.settimeout(timeout_s)
         data = bytearray()
         while len(data) < size:
             chunk = self.peer.recv(min(1 << 20, size - len(data)))
@@ -66,7 +71,6 @@ def connection() -> Iterator[Connection]:
 
     transport = loop_thread.run(connect(), timeout=TIMEOUT_S)
     peer, _ = listener.accept()
-    peer.settimeout(TIMEOUT_S)
     listener.close()
     writer = DirectWriter.for_transport(transport, loop_thread, threading.RLock())
     assert writer is not None
@@ -87,11 +91,12 @@ def _chunk(number: int, size: int) -> bytes:
 
 def test_a_write_off_the_loop_needs_no_loop(connection: Connection) -> None:
     """While the loop is busy, an idle connection's bytes still go out at once."""
-    with busy_loop(connection.loop_thread, TIMEOUT_S):
+    # The loop stays held far longer than the peer waits, and is released on the way out.
+    with busy_loop(connection.loop_thread, HOLD_S):
         with connection.writer.lock:
             assert connection.writer.is_idle
             connection.writer.write([b"head:", memoryview(b"payload")])
-        assert connection.receive(12) == b"head:payload"
+        assert connection.receive(12, RECEIVE_S) == b"head:payload"
 
 
 def test_writes_from_threads_and_the_loop_arrive_in_the_order_written(

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from cluster_helpers import (
     WAIT_S,
     FakeTaskManager,
+    LineReader,
     edge,
     job,
     no_leftover_processes,
@@ -192,6 +193,7 @@ def test_task_manager_count_follows_slots() -> None:
 # -- running jobs ---------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_two_task_managers_run_a_rebalanced_job_exactly() -> None:
     records = cast(list[tuple[int, int]], list(execute_and_collect(pid_job(2000), Configuration())))
     assert sorted(value for _, value in records) == list(range(1, 2001))
@@ -201,6 +203,7 @@ def test_two_task_managers_run_a_rebalanced_job_exactly() -> None:
     assert os.getpid() not in pids
 
 
+@pytest.mark.cluster
 def test_minicluster_execute_returns_the_result_with_metrics() -> None:
     source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 500)), parallelism=2)
     mapper = vertex(
@@ -227,6 +230,7 @@ def test_minicluster_execute_returns_the_result_with_metrics() -> None:
     assert sum(m["numRecordsIn"] for m in sinks) == 500
 
 
+@pytest.mark.cluster
 def test_an_observer_sees_metric_updates_with_flinks_task_names() -> None:
     source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 5000)), parallelism=2)
     mapper = vertex(
@@ -276,11 +280,13 @@ def test_collect_limit_and_close_cancel_the_job() -> None:
         next(iterator)
 
 
+@pytest.mark.cluster
 def test_collect_on_minicluster_stops_with_limit() -> None:
     records = list(execute_and_collect(doubling_job(count=10**12), Configuration(), limit=100))
     assert len(records) == 100
 
 
+@pytest.mark.cluster
 def test_a_minicluster_shuts_its_processes_down() -> None:
     with MiniCluster(Configuration({"taskmanager.numberOfTaskSlots": 2}), 2) as cluster:
         pids = cluster.task_manager_pids
@@ -307,6 +313,7 @@ needs_two_cpus = pytest.mark.skipif(
 
 
 @needs_two_cpus
+@pytest.mark.cluster
 def test_a_minicluster_pins_its_task_managers_to_different_cpus() -> None:
     allowed = os.sched_getaffinity(0)
     policy = os.sched_getscheduler(0)
@@ -321,6 +328,7 @@ def test_a_minicluster_pins_its_task_managers_to_different_cpus() -> None:
 
 
 @needs_two_cpus
+@pytest.mark.cluster
 def test_pinning_can_be_turned_off() -> None:
     config = Configuration({"minicluster.pin-taskmanagers": False})
     with MiniCluster(config, 2) as cluster:
@@ -343,6 +351,15 @@ def test_a_cpu_that_cannot_be_had_leaves_the_task_manager_unpinned(
 # -- remote -----------------------------------------------------------------------------
 
 
+def stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> int:
+    """Waits for ``process`` to exit, killing it after ``WAIT_S``; its return code."""
+    try:
+        return process.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=WAIT_S)
+
+
 @pytest.fixture
 def remote_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A ``penstock jobmanager`` and a ``penstock taskmanager`` (2 slots), as processes."""
@@ -363,9 +380,10 @@ def remote_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         text=True,
     )
     taskmanager: subprocess.Popen[bytes] | None = None
+    assert jobmanager.stdout is not None
+    output = LineReader(jobmanager.stdout)
     try:
-        assert jobmanager.stdout is not None
-        line = jobmanager.stdout.readline()
+        line = output.readline()
         assert line.startswith("JobManager listening on "), line
         address = line.split()[-1]
         taskmanager = subprocess.Popen(
@@ -383,14 +401,15 @@ def remote_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield address, secret_file
     finally:
         jobmanager.terminate()
-        assert jobmanager.wait(timeout=WAIT_S) == 0
-        if jobmanager.stdout is not None:
-            jobmanager.stdout.close()
+        # The JobManager's shutdown tells its TaskManagers to exit.
+        codes = {"jobmanager": stop(jobmanager)}
         if taskmanager is not None:
-            # The JobManager's shutdown tells its TaskManagers to exit.
-            assert taskmanager.wait(timeout=WAIT_S) == 0
+            codes["taskmanager"] = stop(taskmanager)
+        output.close()
+    assert codes == dict.fromkeys(codes, 0), "a process did not exit cleanly (-9: killed)"
 
 
+@pytest.mark.cluster
 def test_remote_target_runs_on_a_cluster_started_by_hand(
     remote_cluster: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -415,7 +434,9 @@ def test_remote_target_runs_on_a_cluster_started_by_hand(
 # -- collect backpressure ----------------------------------------------------------------
 
 
-def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged() -> None:
+def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import queue
     import threading
 
@@ -426,8 +447,22 @@ def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged() -> None:
 
     sent: queue.SimpleQueue[ControlMessage] = queue.SimpleQueue()
     channel = _CollectChannel(JobID.generate(), ExecutionAttemptID.generate(), sent.put, 2)
+    # Each call either waits on the channel's condition or returns: both settle it.
+    condition = channel._condition
+    real_wait = condition.wait
+    waits: list[int] = []
+    settled = threading.Event()
+    returned = threading.Event()
+
+    def wait(timeout: float | None = None) -> bool:
+        waits.append(1)
+        settled.set()  # the lock is held until the real wait releases it
+        return real_wait(timeout)
+
+    monkeypatch.setattr(condition, "wait", wait)
     channel([1])
     channel([2])
+    assert not waits  # within the window nothing waits
     errors: list[BaseException] = []
 
     def third() -> None:
@@ -435,18 +470,32 @@ def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged() -> None:
             channel([3])
         except TaskCancelledError as exc:
             errors.append(exc)
+        finally:
+            returned.set()
+            settled.set()
 
-    blocked = threading.Thread(target=third)
-    blocked.start()
-    blocked.join(timeout=0.2)
-    assert blocked.is_alive()  # two batches in flight: the third waits for the client
-    channel.ack()
+    def start_third() -> threading.Thread:
+        settled.clear()
+        returned.clear()
+        thread = threading.Thread(target=third)
+        thread.start()
+        assert settled.wait(WAIT_S)
+        return thread
+
+    blocked = start_third()
+    # Two batches in flight: the third waits for the client, unsent.
+    assert not returned.is_set()
+    assert len(waits) == 1
+    assert sent.qsize() == 2
+    channel.ack()  # takes the lock, so the third is really waiting by now
     blocked.join(timeout=WAIT_S)
     assert not blocked.is_alive()
     batches = [sent.get(timeout=WAIT_S) for _ in range(3)]
     assert [b.seq for b in batches if isinstance(b, CollectBatch)] == [1, 2, 3]
-    waiting = threading.Thread(target=third)
-    waiting.start()
+    waiting = start_third()  # two in flight again
+    assert not returned.is_set()
     channel.cancel()  # a cancelled task's sink stops waiting
     waiting.join(timeout=WAIT_S)
+    assert not waiting.is_alive()
     assert len(errors) == 1
+    assert sent.empty()

@@ -26,6 +26,7 @@ from penstock.events import CancelCheckpointMarker, EndOfPartitionEvent, Runtime
 from penstock.ids import ResultPartitionID
 from penstock.memory.network_pool import NetworkBufferPool
 from penstock.partition.result_partition import ResultPartition
+from penstock.partition.view import PipelinedSubpartitionView
 from penstock.serialization.event_serializer import deserialize_event
 from penstock.serialization.record_deserializer import RecordDeserializer
 from penstock.serialization.types import (
@@ -471,21 +472,53 @@ def test_no_flusher_thread_without_a_positive_timeout(output: Output, timeout: i
     writer.close()
 
 
+class CountingListener:
+    def __init__(self) -> None:
+        self.notifications = 0
+
+    def notify_data_available(self) -> None:
+        self.notifications += 1
+
+
+def read_available(view: PipelinedSubpartitionView) -> bytes:
+    """The data bytes the reader of ``view`` is told it may read now, and no more."""
+    data = bytearray()
+    while view.is_available() and (polled := view.get_next_buffer()) is not None:
+        assert polled.buffer.is_buffer
+        data += polled.buffer.memory
+        polled.buffer.recycle()
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     ("serializer", "record"), [(IntSerializer(), 5), (BytesSerializer(), b"five")], ids=repr
 )
 def test_zero_timeout_makes_every_record_readable(
     serializer: TypeSerializer[object], record: object
 ) -> None:
+    """Each emit and each emit_batch is readable at once, before any flush or finish."""
     out = Output(2)
+    listeners = [CountingListener(), CountingListener()]
+    views = [out.partition.create_subpartition_view(i, listeners[i]) for i in range(2)]
     writer = create_record_writer(out.partition, serializer, RescalePartitioner(), 0)
     for target in (0, 1, 0):
         writer.emit(record)
-        assert out.partition.subpartitions[target].is_data_available()
-    writer.emit_batch([record])  # channel 1
-    assert out.partition.subpartitions[1].backlog >= 0
-    drained = out.finish_and_drain()
-    assert [len(records_in(serializer, d.data)) for d in drained] == [2, 2]
+        assert records_in(serializer, read_available(views[target])) == [record]
+        assert read_available(views[1 - target]) == b""
+    told = [listener.notifications for listener in listeners]
+    writer.emit_batch([record, record, record])  # channels 1, 0, 1
+    assert [listener.notifications for listener in listeners] == [n + 1 for n in told]
+    assert records_in(serializer, read_available(views[0])) == [record]
+    assert records_in(serializer, read_available(views[1])) == [record, record]
+    out.partition.finish()
+    for view in views:
+        polled = view.get_next_buffer()  # nothing was held back: the end comes next
+        assert polled is not None
+        assert isinstance(deserialize_event(polled.buffer.memory), EndOfPartitionEvent)
+        polled.buffer.recycle()
+        view.release_all_resources()
+    out.partition.close()
+    assert out.network_pool.available_segments == out.network_pool.total_segments
 
 
 def test_without_flushing_a_partial_buffer_is_not_readable() -> None:
