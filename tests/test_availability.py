@@ -16,6 +16,7 @@ from penstock.memory.availability import (
     complete,
     timer_future,
 )
+from wait_helpers import signal_on_condition_wait
 
 JOIN_TIMEOUT = 10.0
 
@@ -242,18 +243,24 @@ def test_helper_cycles_between_states() -> None:
     assert all(future.done() for future in seen)
 
 
-def test_helper_wakes_a_thread_blocked_on_the_future() -> None:
+def test_helper_wakes_a_thread_blocked_on_the_future(monkeypatch: pytest.MonkeyPatch) -> None:
     helper = AvailabilityHelper()
     future = helper.get_available_future()
+    # Future.result() waits on this condition; completing the future notifies it.
+    waiting = signal_on_condition_wait(monkeypatch, future._condition)
     woke = threading.Event()
 
     def waiter() -> None:
-        future.result(timeout=JOIN_TIMEOUT)
+        # No timeout: a timed wait that runs out returns too once the future is done,
+        # and would hide a completion that never woke the waiter.
+        future.result()
         woke.set()
 
-    thread = threading.Thread(target=waiter)
+    thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
+    assert waiting.wait_for(1, JOIN_TIMEOUT)
+    assert not woke.is_set()
     helper.notify_available()
+    assert woke.wait(JOIN_TIMEOUT)
     thread.join(JOIN_TIMEOUT)
     assert not thread.is_alive()
-    assert woke.is_set()

@@ -686,12 +686,14 @@ def decode_anything(decoder: FrameDecoder, stream: bytes, chunk: int) -> None:
                 assert type(message) in MESSAGE_TYPES.values()
 
 
+@pytest.mark.slow
 @settings(max_examples=5000)
 @given(st.binary(max_size=200), st.integers(1, 64))
 def test_fuzz_random_bytes(stream: bytes, chunk: int) -> None:
     decode_anything(FrameDecoder(256, 512), stream, chunk)
 
 
+@pytest.mark.slow
 @settings(max_examples=3500)
 @given(
     st.integers(0, 12),
@@ -708,6 +710,7 @@ def test_fuzz_well_framed_random_bodies(
     decode_anything(decoder, stream, chunk)
 
 
+@pytest.mark.slow
 @settings(max_examples=1500)
 @given(
     st.lists(messages, min_size=1, max_size=3),
@@ -723,6 +726,7 @@ def test_fuzz_mutated_valid_streams(
     decode_anything(FrameDecoder(MAX_BUFFER_SIZE, 4096), bytes(stream), chunk)
 
 
+@pytest.mark.slow
 @settings(max_examples=1000)
 @given(st.binary(min_size=9, max_size=300), st.lists(st.integers(1, 64), min_size=1))
 def test_fuzz_random_bytes_through_get_buffer(stream: bytes, limits: list[int]) -> None:

@@ -6,6 +6,7 @@ import os
 import queue
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,9 +109,25 @@ def test_errors_survive_the_channel(echo: Echo, secret: bytes) -> None:
         connection.close()
 
 
-def test_a_wrong_key_is_refused_and_the_server_keeps_serving(echo: Echo, secret: bytes) -> None:
+def test_a_wrong_key_is_refused_and_the_server_keeps_serving(
+    echo: Echo, secret: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server counts a refusal after it told the client, on the connection's own
+    # thread: the count is checked once that thread's handshake has returned.
+    handshakes_over = threading.Semaphore(0)
+    handshake = echo.server._handshake
+
+    def signalled_handshake(sock: socket.socket, peer: str) -> None:
+        try:
+            handshake(sock, peer)
+        finally:
+            handshakes_over.release()
+
+    monkeypatch.setattr(echo.server, "_handshake", signalled_handshake)
     with pytest.raises(ClusterError, match="refused"):
         connect(echo.server.address, new_secret())
+    assert handshakes_over.acquire(timeout=WAIT_S)
+    assert echo.server.refused == 1
     assert echo.accepted.empty()
     connection = connect(echo.server.address, secret)
     try:

@@ -13,7 +13,6 @@ import contextlib
 import socket
 import struct
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Final, TypeVar
@@ -183,6 +182,16 @@ class RawPeer:
             records.extend(deserializer.read(message.payload))
             self.send(AddCredit(1, receiver_id))  # the buffer was read: credit back
         return records, False
+
+    def closed_within(self, timeout_s: float) -> bool:
+        """Whether the server closes the connection within ``timeout_s`` (saying nothing)."""
+        self.sock.settimeout(timeout_s)
+        try:
+            return not self._receive()
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(TIMEOUT_S)
 
     def close(self) -> None:
         self.sock.close()
@@ -416,16 +425,30 @@ def test_an_idle_connection_is_closed_and_others_are_not(
     serve_to_the_end(busy, receiver_id, partition, 20)
 
 
+IDLE_TIMEOUT_S: Final = 1.0
+KEEP_ALIVE_S: Final = 0.05
+"""How often the talking peer talks: a stall would have to last 20 times as long."""
+
+
 def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFactory) -> None:
     env = environment("producer")
-    env.server.idle_timeout_s = 0.3
+    env.server.idle_timeout_s = IDLE_TIMEOUT_S
     partition = make_partition(env)
-    peer = RawPeer(env.data_address)
-    for _ in range(8):  # 0.8 s in all, never silent for as long as the timeout
-        peer.send(AddCredit(1, InputChannelID.generate()))
-        time.sleep(0.1)
-    receiver_id = peer.request(partition.partition_id)
-    serve_to_the_end(peer, receiver_id, partition, 10)
+    talker = RawPeer(env.data_address)
+    talker.send(AddCredit(1, InputChannelID.generate()))
+    # The clock is a silent connection opened after the talker: once the server closes
+    # it for idleness, the talker has been open for longer than the idle timeout too.
+    silent = RawPeer(env.data_address)
+    for _ in range(int(TIMEOUT_S / KEEP_ALIVE_S)):
+        if silent.closed_within(KEEP_ALIVE_S):
+            break
+        talker.send(AddCredit(1, InputChannelID.generate()))
+    else:
+        pytest.fail(f"a silent connection stayed open for {TIMEOUT_S} s")
+    silent.close()
+    # Yet the talker, never silent for long, is still served.
+    receiver_id = talker.request(partition.partition_id)
+    serve_to_the_end(talker, receiver_id, partition, 10)
 
 
 def test_add_credit_for_an_unknown_receiver_is_ignored(environment: EnvironmentFactory) -> None:

@@ -28,6 +28,7 @@ from penstock.partition.subpartition import BufferAvailabilityListener
 from penstock.partition.view import PipelinedSubpartitionView
 from penstock.serialization.record_deserializer import RecordDeserializer
 from penstock.serialization.types import BytesSerializer
+from wait_helpers import signal_on_pending_future
 
 SEGMENT_SIZE = 64
 WAIT = 10.0  # generous bound for anything that happens on another thread
@@ -290,8 +291,11 @@ def test_the_gate_is_not_finished_until_every_channel_ended(setup3: Setup) -> No
     assert gate.get_next() is None
 
 
-def test_a_waiting_consumer_wakes_up_on_the_last_end_of_partition(setup3: Setup) -> None:
+def test_a_waiting_consumer_wakes_up_on_the_last_end_of_partition(
+    setup3: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gate = setup3.gate
+    waiting = signal_on_pending_future(monkeypatch, gate)
     results: list[BufferOrEvent | None] = []
 
     def consume() -> None:
@@ -301,6 +305,8 @@ def test_a_waiting_consumer_wakes_up_on_the_last_end_of_partition(setup3: Setup)
 
     consumer = threading.Thread(target=consume)
     consumer.start()
+    assert waiting.wait_for(1, WAIT)  # the consumer found nothing and waits
+    assert results == []
     setup3.partition.finish()
     consumer.join(WAIT)
     assert not consumer.is_alive()
@@ -327,8 +333,11 @@ def test_a_producer_failure_reaches_poll_next_with_its_cause(setup3: Setup) -> N
         gate.get_next(timeout=WAIT)
 
 
-def test_a_producer_failure_wakes_a_waiting_consumer(setup3: Setup) -> None:
+def test_a_producer_failure_wakes_a_waiting_consumer(
+    setup3: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gate = setup3.gate
+    waiting = signal_on_pending_future(monkeypatch, gate)
     errors: list[BaseException] = []
 
     def consume() -> None:
@@ -339,6 +348,8 @@ def test_a_producer_failure_wakes_a_waiting_consumer(setup3: Setup) -> None:
 
     consumer = threading.Thread(target=consume)
     consumer.start()
+    assert waiting.wait_for(1, WAIT)  # the consumer found nothing and waits
+    assert errors == []
     cause = RuntimeError("boom")
     setup3.partition.fail(cause)
     consumer.join(WAIT)

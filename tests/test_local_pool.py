@@ -32,6 +32,7 @@ from penstock.errors import (
 from penstock.memory.local_pool import UNKNOWN_CHANNEL, LocalBufferPool
 from penstock.memory.network_pool import NetworkBufferPool
 from penstock.memory.segment import MemorySegment
+from wait_helpers import signal_on_pending_future
 
 JOIN_TIMEOUT = 10.0
 
@@ -538,19 +539,6 @@ def test_overdraft_is_available_again_after_the_pool_grows() -> None:
 # -- blocking requests --------------------------------------------------------------
 
 
-def _signal_on_wait(monkeypatch: pytest.MonkeyPatch, pool: LocalBufferPool) -> threading.Event:
-    """An event set when a requester found no segment and fetched the future to wait on."""
-    waiting = threading.Event()
-    real = pool.get_available_future
-
-    def future_of_a_waiter() -> Future[None]:
-        waiting.set()
-        return real()
-
-    monkeypatch.setattr(pool, "get_available_future", future_of_a_waiter)
-    return waiting
-
-
 def test_blocking_request_waits_until_another_thread_recycles(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -558,7 +546,7 @@ def test_blocking_request_waits_until_another_thread_recycles(
     pool = network.create_buffer_pool(2, 2, num_subpartitions=1)
     builders = _drain(pool, 0)
     assert len(builders) == 2
-    waiting = _signal_on_wait(monkeypatch, pool)
+    waiting = signal_on_pending_future(monkeypatch, pool)
     got: list[BufferBuilder] = []
     errors: list[BaseException] = []
 
@@ -570,7 +558,7 @@ def test_blocking_request_waits_until_another_thread_recycles(
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert waiting.wait(JOIN_TIMEOUT)
+    assert waiting.wait_for(1, JOIN_TIMEOUT)
     assert got == []
     recycler = threading.Thread(target=builders[0].close)
     recycler.start()
@@ -602,7 +590,7 @@ def test_blocking_request_fails_when_the_pool_is_destroyed_while_waiting(
     network = NetworkBufferPool(1, 16)
     pool = network.create_buffer_pool(1, 1)
     [held] = _drain(pool)
-    waiting = _signal_on_wait(monkeypatch, pool)
+    waiting = signal_on_pending_future(monkeypatch, pool)
     errors: list[BaseException] = []
 
     def producer() -> None:
@@ -613,7 +601,7 @@ def test_blocking_request_fails_when_the_pool_is_destroyed_while_waiting(
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert waiting.wait(JOIN_TIMEOUT)
+    assert waiting.wait_for(1, JOIN_TIMEOUT)
     pool.destroy()
     thread.join(JOIN_TIMEOUT)
     assert not thread.is_alive()
@@ -777,16 +765,15 @@ def test_destroy_notifies_listeners() -> None:
     assert network.available_segments == 1
 
 
-def test_destroy_wakes_every_blocked_requester() -> None:
+def test_destroy_wakes_every_blocked_requester(monkeypatch: pytest.MonkeyPatch) -> None:
     network = NetworkBufferPool(2, 16)
     pool = network.create_buffer_pool(2, 2, num_subpartitions=3)
     held = _drain(pool)
+    waiting = signal_on_pending_future(monkeypatch, pool)
     errors: list[BaseException] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(4)
 
     def producer(channel: int) -> None:
-        barrier.wait(JOIN_TIMEOUT)
         try:
             pool.request_buffer_builder_blocking(channel)
         except BaseException as exc:  # checked in the test thread
@@ -796,7 +783,9 @@ def test_destroy_wakes_every_blocked_requester() -> None:
     threads = [threading.Thread(target=producer, args=(c,), daemon=True) for c in range(3)]
     for thread in threads:
         thread.start()
-    barrier.wait(JOIN_TIMEOUT)
+    # Destroy only once all three found the pool empty and hold its pending future.
+    assert waiting.wait_for(3, JOIN_TIMEOUT)
+    assert errors == []
     pool.destroy()
     for thread in threads:
         thread.join(JOIN_TIMEOUT)

@@ -19,6 +19,7 @@ from penstock.task.mailbox import (
     MailboxProcessor,
     TaskMailbox,
 )
+from wait_helpers import signal_on_condition_wait
 
 WAIT = 10.0
 
@@ -71,11 +72,13 @@ def test_try_take_respects_min_priority() -> None:
     assert low is not None and low.description == "low"
 
 
-def test_closed_mailbox_refuses_mails_and_wakes_taker() -> None:
+def test_closed_mailbox_refuses_mails_and_wakes_taker(monkeypatch: pytest.MonkeyPatch) -> None:
     mailbox = TaskMailbox()
+    waiting = signal_on_condition_wait(monkeypatch, mailbox._not_empty)
     taken: list[Mail | None] = []
-    taker = threading.Thread(target=lambda: taken.append(mailbox.take()))
+    taker = threading.Thread(target=lambda: taken.append(mailbox.take()), daemon=True)
     taker.start()
+    assert waiting.wait_for(1, WAIT)  # close() takes the lock only once the taker waits
     mailbox.close()
     taker.join(WAIT)
     assert not taker.is_alive()
@@ -85,11 +88,18 @@ def test_closed_mailbox_refuses_mails_and_wakes_taker() -> None:
         mailbox.put(Mail(lambda: None, description="late"))
 
 
-def test_take_waits_for_a_mail_from_another_thread() -> None:
+def test_take_waits_for_a_mail_from_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     mailbox = TaskMailbox()
+    waiting = signal_on_condition_wait(monkeypatch, mailbox._not_empty)
     mail = Mail(lambda: None, description="from elsewhere")
-    threading.Thread(target=mailbox.put, args=(mail,)).start()
-    assert mailbox.take() is mail
+    taken: list[Mail | None] = []
+    taker = threading.Thread(target=lambda: taken.append(mailbox.take()), daemon=True)
+    taker.start()
+    assert waiting.wait_for(1, WAIT)  # put() takes the lock only once the taker waits
+    mailbox.put(mail)
+    taker.join(WAIT)
+    assert not taker.is_alive()
+    assert taken == [mail]
 
 
 # -- MailboxProcessor ------------------------------------------------------------------

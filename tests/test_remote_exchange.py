@@ -318,6 +318,10 @@ def test_a_receiver_that_closes_its_gate_mid_stream_releases_the_senders_partiti
     sender, plan = exchange.sender(spec)
     receiver = exchange.receiver(spec, ReceiverPlan(plan.address, plan.partition_ids, budget=5))
     sender.call("go")
+    # The receiver reads its budget first: a quiet spell of the writers alone does not
+    # show that it has (a slow receiver may still be at it).
+    read = receiver_status(receiver, "wait_items", (5, WAIT_S))
+    assert read.items == 5
     await_writers_stalled(sender)
 
     cancelled = receiver_status(receiver, "close")
