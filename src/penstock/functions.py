@@ -46,6 +46,7 @@ __all__ = [
     "as_partitioner",
     "as_reduce",
     "as_sink",
+    "close_all",
     "close_function",
     "close_functions",
     "open_function",
@@ -189,15 +190,31 @@ def close_functions(functions: Iterable[object]) -> None:
     Raises:
         Exception: The first error a ``close`` raised; later ones are logged.
     """
+    close_all((repr(fn), functools.partial(close_function, fn)) for fn in functions)
+
+
+def close_all(closers: Iterable[tuple[str, Callable[[], None]]], suppress: bool = False) -> None:
+    """Calls every ``(what, close)`` in turn, the rest even if one fails.
+
+    Args:
+        closers: What is closed (for the log) and how.
+        suppress: Log every error instead of raising the first.
+
+    Raises:
+        Exception: The first error a ``close`` raised, unless ``suppress``; later ones
+            are logged.
+    """
     first: Exception | None = None
-    for fn in functions:
+    for what, close in closers:
         try:
-            close_function(fn)
+            close()
         except Exception as exc:
-            if first is None:
+            if suppress:
+                log.warning("error while closing %s", what, exc_info=True)
+            elif first is None:
                 first = exc
             else:
-                log.warning("further error while closing %r", fn, exc_info=True)
+                log.warning("further error while closing %s", what, exc_info=True)
     if first is not None:
         raise first
 

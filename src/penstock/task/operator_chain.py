@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 
-from penstock.functions import close_function, open_function
+from penstock.functions import close_all, close_function, open_function
 from penstock.runtime.job_graph import OperatorSpec
 from penstock.task.metrics import TaskIOMetrics
 from penstock.task.operator import Output, RuntimeContext, SourceOperator, StreamOperator
@@ -207,7 +207,6 @@ class OperatorChain:
         Raises:
             BaseException: The first error a ``close`` raised, unless ``suppress``.
         """
-        first: BaseException | None = None
         opened = [operator for operator in self.operators if operator in self._opened]
         self._opened.clear()
         closers: list[tuple[str, Callable[[], None]]] = [
@@ -217,18 +216,7 @@ class OperatorChain:
         ]
         functions, self._opened_functions = self._opened_functions, []
         closers += [(f"function {fn!r}", functools.partial(close_function, fn)) for fn in functions]
-        for what, close in closers:
-            try:
-                close()
-            except Exception as exc:
-                if suppress:
-                    log.warning("error while closing %s", what, exc_info=True)
-                elif first is None:
-                    first = exc
-                else:
-                    log.warning("further error while closing %s", what, exc_info=True)
-        if first is not None:
-            raise first
+        close_all(closers, suppress)
 
     def close_writers(self) -> None:
         """Stops the writers' flusher threads (idempotent)."""
