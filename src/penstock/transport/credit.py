@@ -115,9 +115,7 @@ class CreditBasedReader:
         view = self.view
         if self.initial_credit or self.credit or view is None or self._released:
             return 0
-        if view.is_released:
-            return 0
-        return view.get_availability_and_backlog(False)[1]
+        return 0 if view.is_released else view.get_availability_and_backlog(False)[1]
 
     def get_next_buffer(self) -> BufferAndBacklog | None:
         """The next buffer within credit, or None.

@@ -16,7 +16,8 @@ BufferResponse and putting it back at the tail if it has more: round robin, one 
 per turn, so a busy channel cannot starve the others. The frames of consecutive turns
 are gathered and written at once, up to 256 KiB: one system call for several buffers.
 A reader without credit is not queued at all until AddCredit arrives (events excepted,
-they cost no credit).
+they cost no credit); if its channel has no exclusive buffers, it is told the backlog
+instead (BacklogAnnouncement), as only that makes it ask for floating ones.
 
 Producer threads say "this reader has data" (``notify_data_available``) once per
 buffer transition; that hops onto the loop with ``call_soon_threadsafe``. A flushed,
