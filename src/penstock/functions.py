@@ -50,6 +50,7 @@ __all__ = [
     "close_function",
     "close_functions",
     "open_function",
+    "open_functions",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,20 @@ def close_function(fn: object) -> None:
         closer = getattr(fn, "close", None)
         if callable(closer):
             closer()
+
+
+def open_functions(
+    functions: Iterable[object], runtime_context: RuntimeContext, opened: list[object]
+) -> None:
+    """Opens each of ``functions`` not in ``opened`` yet (by identity), adding it there.
+
+    Each is added once open, so that if one fails ``opened`` holds exactly those to
+    close; an object given twice (say, as reducer and key selector) is opened once.
+    """
+    for fn in functions:
+        if all(fn is not seen for seen in opened):
+            open_function(fn, runtime_context)
+            opened.append(fn)
 
 
 def close_functions(functions: Iterable[object]) -> None:

@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 
-from penstock.functions import close_all, close_function, open_function
+from penstock.functions import close_all, close_function, open_functions
 from penstock.runtime.job_graph import OperatorSpec
 from penstock.task.metrics import TaskIOMetrics
 from penstock.task.operator import Output, RuntimeContext, SourceOperator, StreamOperator
@@ -172,13 +172,9 @@ class OperatorChain:
 
     def open(self) -> None:
         """Opens the writers' user functions, then the operators, tail first."""
-        context = self._tail_context
-        for writer in self.writers:
-            for function in writer.user_functions:
-                opened = self._opened_functions
-                if context is not None and all(function is not seen for seen in opened):
-                    open_function(function, context)
-                    self._opened_functions.append(function)
+        if self._tail_context is not None:
+            functions = (fn for writer in self.writers for fn in writer.user_functions)
+            open_functions(functions, self._tail_context, self._opened_functions)
         for operator in reversed(self.operators):
             self._opened.append(operator)
             operator.open()
@@ -205,7 +201,7 @@ class OperatorChain:
             suppress: Log close errors instead of raising (the task is failing already).
 
         Raises:
-            BaseException: The first error a ``close`` raised, unless ``suppress``.
+            Exception: The first error a ``close`` raised, unless ``suppress``.
         """
         opened = [operator for operator in self.operators if operator in self._opened]
         self._opened.clear()

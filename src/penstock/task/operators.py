@@ -30,7 +30,7 @@ from penstock.functions import (
     as_reduce,
     as_sink,
     close_functions,
-    open_function,
+    open_functions,
 )
 from penstock.task.operator import Collector, Output, RuntimeContext, SourceOperator, StreamOperator
 
@@ -91,7 +91,7 @@ class AbstractStreamOperator:
         self.function = function
         self.output: Output[object] = _DiscardingOutput()
         self.context: RuntimeContext | None = None
-        self._functions = _distinct(function, key_selector)
+        self._functions = tuple(fn for fn in (function, key_selector) if fn is not None)
         self._opened_functions: list[object] = []
         self._opened = False
         self._closed = False
@@ -106,9 +106,7 @@ class AbstractStreamOperator:
         if self._opened:
             return
         self._opened = True
-        for function in self._functions:
-            open_function(function, self._runtime_context())
-            self._opened_functions.append(function)
+        open_functions(self._functions, self._runtime_context(), self._opened_functions)
 
     def process_batch(self, records: list[object]) -> None:
         """Processes the records of one buffer."""
@@ -135,15 +133,6 @@ class AbstractStreamOperator:
             msg = f"{type(self).__name__} was opened before setup()"
             raise IllegalStateError(msg)
         return self.context
-
-
-def _distinct(*functions: object) -> tuple[object, ...]:
-    """The functions given, without None and each object once."""
-    distinct: list[object] = []
-    for function in functions:
-        if function is not None and all(function is not seen for seen in distinct):
-            distinct.append(function)
-    return tuple(distinct)
 
 
 # -- one-input operators ---------------------------------------------------------------
