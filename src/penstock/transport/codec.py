@@ -615,6 +615,10 @@ class FrameDecoder:
                         return NEED_DATA
                     if filled == 0 and available >= needed and self._part is None:
                         # The whole part is buffered: parse it where it lies.
+                        if self._state is _FRAME and available >= _BUFFER_FRAME_OVERHEAD:
+                            whole = self._whole_buffer_frame(pending, pos, available)
+                            if whole is not None:
+                                return whole
                         message = self._complete(pending, pos)
                         self._pos = pos + needed
                     else:
@@ -711,6 +715,37 @@ class FrameDecoder:
         if state is _SKIP:
             return self._buffer_response(None)
         return self._on_body(data, offset)
+
+    def _whole_buffer_frame(
+        self, data: _Readable, offset: int, available: int
+    ) -> BufferResponse | None:
+        """The ``BufferResponse`` whose frame lies whole at ``data[offset:]``, else None.
+
+        The common case on a busy connection: a read brings several whole frames, and
+        each is decoded in one step instead of three parts. The checks are the parts'.
+        """
+        length, _, message_id = _FRAME_HEADER.unpack_from(data, offset)
+        if message_id != BufferResponse.MESSAGE_ID or length > available:
+            return None
+        self._on_frame_header(data, offset)
+        try:
+            message = self._on_buffer_header(data, offset + FRAME_HEADER_LENGTH)
+        except LocalProtocolError:
+            self._begin(_FRAME, FRAME_HEADER_LENGTH)  # nothing consumed: the caller may retry
+            raise
+        if message is None:
+            start = offset + _BUFFER_FRAME_OVERHEAD
+            part = self._part
+            if part is not None and self._state is _PAYLOAD:
+                with memoryview(data) as view:
+                    part[:] = view[start : start + len(part)]
+                message = self._buffer_response(part)
+            else:  # skipped, or received into memory of the decoder's own
+                completed = self._complete(data, start)
+                assert isinstance(completed, BufferResponse)  # a payload ends its message
+                message = completed
+        self._pos = offset + length
+        return message
 
     def _on_frame_header(self, data: _Readable, offset: int) -> None:
         length, magic, message_id = _FRAME_HEADER.unpack_from(data, offset)
