@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from penstock.buffer.buffer import DataType
 from penstock.errors import IllegalStateError, LocalProtocolError
 from penstock.ids import InputChannelID
 from penstock.partition.subpartition import BufferAndBacklog
@@ -147,6 +148,17 @@ class CreditBasedReader:
         else:
             self.events_sent += 1
         return polled
+
+    def has_more(self, polled: BufferAndBacklog) -> bool:
+        """Whether to serve this reader again, judged by what its last poll found next.
+
+        As in Flink's PartitionRequestQueue, the subpartition is not asked again: data
+        that arrives later notifies the reader anew.
+        """
+        next_type = polled.next_data_type
+        if next_type is DataType.NONE:
+            return False
+        return self.credit > 0 or next_type.is_event
 
     # -- teardown --------------------------------------------------------------------
 

@@ -362,7 +362,7 @@ class _ServerConnection(asyncio.Protocol):
                 gathered += len(header) + buffer.size
                 if buffer.data_type is DataType.END_OF_PARTITION:
                     reader.release()  # fully read: counts as consumed
-                elif reader.is_available():
+                elif reader.has_more(polled):
                     reader.in_queue = True
                     available.append(reader)
                 if gathered >= _WRITE_BATCH_BYTES:
