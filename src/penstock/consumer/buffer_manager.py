@@ -30,7 +30,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from penstock.buffer.buffer import Buffer
+from penstock.buffer.buffer import Buffer, SegmentLease
 from penstock.errors import PoolDestroyedError
 from penstock.memory.local_pool import LocalBufferPool
 from penstock.memory.network_pool import NetworkBufferPool
@@ -110,14 +110,18 @@ class BufferManager:
 
     def wrap(self, segment: MemorySegment, size: int) -> Buffer:
         """A received buffer over ``segment``, recycled to this manager."""
-        return Buffer.wrap(segment, size, self)
+        return Buffer(SegmentLease(segment, self), 0, size)
 
     def on_sender_backlog(self, backlog: int) -> None:
         """Borrows floating segments until ``backlog + initial credit`` are held."""
         with self._lock:
-            if self._released:
-                return
-            self._required = backlog + self.initial_credit
+            required = self._required = backlog + self.initial_credit
+            if (
+                self._released
+                or self._waiting_for_floating
+                or len(self._exclusive) + len(self._floating) >= required
+            ):
+                return  # nothing to borrow, or a segment is promised already
         self._request_floating()
 
     def _request_floating(self) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -146,7 +147,9 @@ class LocalBufferPool:
         with self._lock:
             if self._destroyed or self._requested > self._current_size:
                 return True
-            return any(listener is not borrower for listener in self._listeners)
+            listeners = self._listeners
+            # Nobody, or only the borrower itself, waits: the common case, one test.
+            return bool(listeners) and (len(listeners) > 1 or listeners[0] is not borrower)
 
     def buffers_in_use_for(self, channel: int) -> int:
         return self._channel_counts[channel]
@@ -310,8 +313,11 @@ class LocalBufferPool:
         self._requested -= 1
         self._returns.append(segment)
 
-    def _take_returns(self) -> list[MemorySegment]:
-        returns, self._returns = self._returns, []
+    def _take_returns(self) -> Sequence[MemorySegment]:
+        returns = self._returns
+        if not returns:
+            return ()  # not the list itself: others append to it once we unlock
+        self._returns = []
         return returns
 
     def _update_availability(self) -> tuple[Future[None] | None, bool]:
@@ -342,7 +348,7 @@ class LocalBufferPool:
         self,
         to_complete: Future[None] | None,
         register: bool,
-        returns: list[MemorySegment],
+        returns: Sequence[MemorySegment],
     ) -> None:
         """Outside the lock: returns segments, completes availability, registers."""
         for segment in returns:
