@@ -100,10 +100,12 @@ def connections(edge_kind_pointwise: bool, producers: int, consumers: int) -> li
     if producers == consumers:
         return [[index] for index in range(producers)]
     if producers < consumers:
+        # Flink rounds the range bounds up here (EdgeManagerBuildUtil.connectPointwise),
+        # so the first producers feed the larger ranges: 2 -> 3 gives [0, 1] and [2].
         result = []
         for producer in range(producers):
-            start = producer * consumers // producers
-            end = (producer + 1) * consumers // producers
+            start = -(-producer * consumers // producers)
+            end = -(-(producer + 1) * consumers // producers)
             result.append(list(range(start, end)))
         return result
     result = [[] for _ in range(producers)]
