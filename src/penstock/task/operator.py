@@ -13,16 +13,19 @@ builds a fresh operator for each subtask.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 __all__ = [
+    "IMMUTABLE_TYPES",
     "OperatorFactory",
     "Output",
     "RuntimeContext",
     "SourceOperator",
     "StreamOperator",
+    "snapshot",
 ]
 
 IN = TypeVar("IN")
@@ -130,8 +133,37 @@ class OperatorFactory(Protocol):
     def create(self) -> StreamOperator[object, object] | SourceOperator[object]: ...
 
 
+IMMUTABLE_TYPES: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+"""Records of these exact types are values: emitting one never needs a copy."""
+
+
+def snapshot(record: OUT) -> OUT:
+    """``record`` as it is now, safe from later changes to the object.
+
+    Flink copies a record when it is emitted (object reuse is off by default) and
+    PyFlink serializes it, so a function may change and return the same object again
+    (a reused accumulator, a reused output list) without changing what it emitted
+    before, and a chained operator may change its input without changing the state of
+    the operator that emitted it. Operators emit lists of records, so they take the
+    copy here, when the function returns the record. Values of ``IMMUTABLE_TYPES`` and
+    tuples of them are returned as they are; anything else is deep-copied.
+    """
+    kind = type(record)
+    if kind in IMMUTABLE_TYPES:
+        return record
+    if issubclass(kind, tuple) and all(
+        type(item) in IMMUTABLE_TYPES
+        for item in record  # type: ignore[attr-defined]
+    ):
+        return record
+    return copy.deepcopy(record)
+
+
 class Collector(Generic[OUT]):
-    """PyFlink's Collector for flat_map/process functions that emit with ``out.collect``."""
+    """PyFlink's Collector for flat_map/process functions that emit with ``out.collect``.
+
+    Each record is taken as it is when collected (``snapshot``).
+    """
 
     __slots__ = ("_append",)
 
@@ -139,4 +171,4 @@ class Collector(Generic[OUT]):
         self._append = buffer.append
 
     def collect(self, record: OUT) -> None:
-        self._append(record)
+        self._append(record if type(record) in IMMUTABLE_TYPES else snapshot(record))

@@ -2,7 +2,9 @@
 
 Every operator works on lists: ``process_batch`` gets all the records one buffer held
 and emits its results with one ``collect_batch`` call, so the per-record cost is the
-user function and a list operation (DESIGN §7). User functions are resolved once per
+user function and a list operation (DESIGN §7). A result is taken as it is when the
+function returns it (``snapshot``: a type test for values, a copy for mutable objects),
+so the batch holds what one-by-one emission would have sent. User functions are resolved once per
 subtask into plain callables (``penstock.functions.as_*``); a function object's
 ``open(runtime_context)`` runs in ``open()`` and its ``close()`` in ``close()``, once
 each per subtask.
@@ -32,7 +34,15 @@ from penstock.functions import (
     close_functions,
     open_functions,
 )
-from penstock.task.operator import Collector, Output, RuntimeContext, SourceOperator, StreamOperator
+from penstock.task.operator import (
+    IMMUTABLE_TYPES,
+    Collector,
+    Output,
+    RuntimeContext,
+    SourceOperator,
+    StreamOperator,
+    snapshot,
+)
 
 __all__ = [
     "AbstractStreamOperator",
@@ -146,7 +156,13 @@ class MapOperator(AbstractStreamOperator):
         self._map = as_map(fn)
 
     def process_batch(self, records: list[object]) -> None:
-        self.output.collect_batch(list(map(self._map, records)))
+        immutable = IMMUTABLE_TYPES
+        self.output.collect_batch(
+            [
+                value if type(value) in immutable else snapshot(value)
+                for value in map(self._map, records)
+            ]
+        )
 
 
 class FlatMapOperator(AbstractStreamOperator):
@@ -164,9 +180,12 @@ class FlatMapOperator(AbstractStreamOperator):
             for record in records:
                 flat_map(record, out)
         else:
-            results = list(
-                itertools.chain.from_iterable(map(flat_map, records))  # type: ignore[arg-type]
+            immutable = IMMUTABLE_TYPES
+            values: Iterable[object] = itertools.chain.from_iterable(
+                map(flat_map, records)  # type: ignore[arg-type]
             )
+            # Consumed lazily: each value is taken before the function runs on.
+            results = [value if type(value) in immutable else snapshot(value) for value in values]
         if results:
             self.output.collect_batch(results)
 
@@ -185,7 +204,11 @@ class FilterOperator(AbstractStreamOperator):
 
 
 class ReduceOperator(AbstractStreamOperator):
-    """Keyed running ``reduce``: emits the new aggregate of the key for every record."""
+    """Keyed running ``reduce``: emits the new aggregate of the key for every record.
+
+    As in PyFlink, a key without an aggregate, or whose aggregate is None (the function
+    returned None), starts again from its next record.
+    """
 
     def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
         super().__init__(fn, key_selector)
@@ -199,14 +222,15 @@ class ReduceOperator(AbstractStreamOperator):
         get = state.get
         get_key = self._get_key
         reduce = self._reduce
+        immutable = IMMUTABLE_TYPES
         results: list[object] = []
         append = results.append
         for record in records:
             key = get_key(record)
-            current = get(key, _MISSING)
-            value = record if current is _MISSING else reduce(current, record)
+            current = get(key)
+            value = record if current is None else reduce(current, record)
             state[key] = value
-            append(value)
+            append(value if type(value) in immutable else snapshot(value))
         self.output.collect_batch(results)
 
 
@@ -232,7 +256,8 @@ def _summed(record: object, position: int | str | None, total: object) -> object
             if hasattr(record, "_replace"):  # a named tuple keeps its type
                 field_name = record._fields[position]  # type: ignore[attr-defined]
                 return record._replace(**{field_name: total})
-            return (*record[:position], total, *record[position + 1 :])
+            index = range(len(record))[position]  # a negative position counts from the end
+            return (*record[:index], total, *record[index + 1 :])
         if isinstance(record, list):
             updated_list = list(record)
             updated_list[position] = total
@@ -274,6 +299,7 @@ class SumOperator(AbstractStreamOperator):
         state = self.state
         get_key = self._get_key
         position = self.position
+        immutable = IMMUTABLE_TYPES
         results: list[object] = []
         append = results.append
         for record in records:
@@ -285,7 +311,7 @@ class SumOperator(AbstractStreamOperator):
                 total = _field(current, position) + _field(record, position)  # type: ignore[operator]
                 value = _summed(current, position, total)
             state[key] = value
-            append(value)
+            append(value if type(value) in immutable else snapshot(value))
         self.output.collect_batch(results)
 
 
@@ -321,7 +347,8 @@ class ProcessOperator(AbstractStreamOperator):
             ctx.current_key = get_key(record)
             returned = process(record, ctx, out)
             if returned is not None:
-                results.extend(returned)
+                for value in returned:
+                    out.collect(value)
         if results:
             self.output.collect_batch(results)
 
@@ -343,16 +370,28 @@ class SinkOperator(AbstractStreamOperator):
 
 
 class PrintSinkOperator(AbstractStreamOperator):
-    """``print``: one line per record, prefixed "N> " when the sink is parallel."""
+    """``print``: one line per record, prefixed as Flink's PrintSinkFunction does.
 
-    def __init__(self) -> None:
+    The prefix is the sink identifier, then ":" and the subtask number (from 1) when
+    the sink is parallel, then "> ": "1> ", "id> ", "id:2> ", or nothing at all.
+    """
+
+    def __init__(self, sink_identifier: str | None = None) -> None:
         super().__init__(None)
+        self.sink_identifier = sink_identifier or ""
         self._prefix = ""
 
     def open(self) -> None:
         super().open()
         context = self._runtime_context()
-        self._prefix = f"{context.subtask_index + 1}> " if context.parallelism > 1 else ""
+        prefix = self.sink_identifier
+        if context.parallelism > 1:
+            prefix = (
+                f"{prefix}:{context.subtask_index + 1}"
+                if prefix
+                else str(context.subtask_index + 1)
+            )
+        self._prefix = f"{prefix}> " if prefix else ""
 
     def process_batch(self, records: list[object]) -> None:
         prefix = self._prefix
@@ -587,8 +626,10 @@ class SinkFactory(_OperatorFactory):
 class PrintSinkFactory(_OperatorFactory):
     """Builds a ``PrintSinkOperator``."""
 
+    sink_identifier: str | None = None
+
     def create(self) -> StreamOperator[object, object]:
-        return PrintSinkOperator()
+        return PrintSinkOperator(self.sink_identifier)
 
 
 @dataclass(frozen=True, slots=True)
