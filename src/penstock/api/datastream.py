@@ -168,17 +168,22 @@ class _OperatorSettings:
 class DataStream(_OperatorSettings):
     """A stream of records, produced by an operator, a partitioning or a union."""
 
-    __slots__ = ("_env", "_output_type", "_transformation")
+    __slots__ = ("_env", "_output_type", "_transformation", "_type_inferred")
 
     def __init__(
         self,
         env: StreamExecutionEnvironment,
         transformation: Transformation,
         output_type: TypeInfo | None = None,
+        *,
+        type_inferred: bool = False,
     ) -> None:
         self._env = env
         self._transformation = transformation
         self._output_type = output_type
+        # Inferred from a collection's records rather than declared: it holds for
+        # these records, not for what a reduce or sum computes from them.
+        self._type_inferred = type_inferred
 
     @property
     def transformation(self) -> Transformation:
@@ -214,19 +219,27 @@ class DataStream(_OperatorSettings):
         """How long the operator's partly filled output buffers wait before a flush.
 
         Args:
-            timeout_ms: Milliseconds; 0 flushes after every record, -1 only when full.
+            timeout_ms: Milliseconds; 0 flushes after every record. -1 means the
+                environment's buffer timeout (``execution.buffer-timeout``), as in
+                Flink: only the environment's own -1 means "flush when full".
 
         Raises:
             ConfigurationError: Below -1.
         """
         operator = self._operator("set_buffer_timeout")
-        operator.buffer_timeout_ms = BUFFER_TIMEOUT.parse(timeout_ms)
+        timeout = BUFFER_TIMEOUT.parse(timeout_ms)
+        operator.buffer_timeout_ms = None if timeout < 0 else timeout
         return self
 
     # -- transformations --------------------------------------------------------------
 
     def _one_input(
-        self, name: str, factory: OperatorFactory, output_type: TypeInfo | None
+        self,
+        name: str,
+        factory: OperatorFactory,
+        output_type: TypeInfo | None,
+        *,
+        type_inferred: bool = False,
     ) -> DataStream:
         operator = OperatorTransformation(
             id=self._env._next_id(),
@@ -236,7 +249,16 @@ class DataStream(_OperatorSettings):
             output_type=output_type,
         )
         self._env._add_operator(operator)
-        return DataStream(self._env, operator, output_type)
+        return DataStream(self._env, operator, output_type, type_inferred=type_inferred)
+
+    def _reduced_type(self) -> TypeInfo | None:
+        """The type of what a reduce or sum emits: the records' type if declared.
+
+        A type inferred from a collection's records says nothing about the values a
+        function computes from them (ints whose quotient is a float, a sum beyond 64
+        bits), so those go through the generic serializer, as PyFlink pickles them.
+        """
+        return None if self._type_inferred else self._output_type
 
     def map(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """One record out per record in: ``func(record)`` or ``func.map(record)``.
@@ -274,7 +296,9 @@ class DataStream(_OperatorSettings):
             TypeError: ``func`` is neither callable nor a ``FilterFunction``.
         """
         as_filter(func)
-        return self._one_input("Filter", FilterFactory(func), self._output_type)
+        return self._one_input(
+            "Filter", FilterFactory(func), self._output_type, type_inferred=self._type_inferred
+        )
 
     def key_by(self, key_selector: object) -> KeyedStream:
         """Partitions the stream by key: each key goes to one subtask (HASH edge).
@@ -291,7 +315,13 @@ class DataStream(_OperatorSettings):
             self._transformation,
             Partitioning("hash", cast("KeySelector[object]", key_selector)),
         )
-        return KeyedStream(self._env, partition, key_selector, self._output_type)
+        return KeyedStream(
+            self._env,
+            partition,
+            key_selector,
+            self._output_type,
+            type_inferred=self._type_inferred,
+        )
 
     def union(self, *streams: DataStream) -> DataStream:
         """One stream of the records of this stream and ``streams``.
@@ -306,8 +336,9 @@ class DataStream(_OperatorSettings):
         inputs = (self._transformation, *(stream._transformation for stream in streams))
         types = {self._output_type, *(stream._output_type for stream in streams)}
         output_type = types.pop() if len(types) == 1 else None
+        inferred = self._type_inferred or any(stream._type_inferred for stream in streams)
         union = UnionTransformation(self._env._next_id(), inputs)
-        return DataStream(self._env, union, output_type)
+        return DataStream(self._env, union, output_type, type_inferred=inferred)
 
     # -- partitioning -----------------------------------------------------------------
 
@@ -315,7 +346,9 @@ class DataStream(_OperatorSettings):
         partition = PartitionTransformation(
             self._env._next_id(), self._transformation, partitioning
         )
-        return DataStream(self._env, partition, self._output_type)
+        return DataStream(
+            self._env, partition, self._output_type, type_inferred=self._type_inferred
+        )
 
     def forward(self) -> DataStream:
         """Each subtask sends to the subtask of the same index (same parallelism only)."""
@@ -388,9 +421,20 @@ class DataStream(_OperatorSettings):
         as_sink(sink_func)
         return self._sink("Unnamed", SinkFactory(sink_func))
 
-    def print(self) -> DataStreamSink:
-        """Prints every record to standard output, prefixed "N> " by a parallel sink."""
-        return self._sink("Print to Std. Out", PrintSinkFactory())
+    def print(self, sink_identifier: str | None = None) -> DataStreamSink:
+        """Prints every record to standard output, one line each (PyFlink's ``print``).
+
+        Args:
+            sink_identifier: Starts every line: "id> ", or "id:N> " from subtask N of
+                a parallel sink (without it, "N> " or no prefix).
+
+        Raises:
+            TypeError: ``sink_identifier`` is not a str.
+        """
+        if sink_identifier is not None and not isinstance(sink_identifier, str):
+            msg = f"sink_identifier must be a str, got {type(sink_identifier).__name__}"
+            raise TypeError(msg)
+        return self._sink("Print to Std. Out", PrintSinkFactory(sink_identifier))
 
     def execute_and_collect(
         self, job_name: str | None = None, limit: int | None = None
@@ -434,8 +478,10 @@ class KeyedStream(DataStream):
         transformation: PartitionTransformation,
         key_selector: object,
         output_type: TypeInfo | None = None,
+        *,
+        type_inferred: bool = False,
     ) -> None:
-        super().__init__(env, transformation, output_type)
+        super().__init__(env, transformation, output_type, type_inferred=type_inferred)
         self._key_selector = key_selector
 
     def _operator(self, method: str) -> OperatorTransformation:
@@ -454,19 +500,40 @@ class KeyedStream(DataStream):
         """
         as_reduce(func)
         factory = ReduceFactory(func, self._key_selector)
-        return self._one_input("Keyed Reduce", factory, self._output_type)
+        return self._one_input("Keyed Reduce", factory, self._reduced_type())
 
-    def sum(self, position_to_sum: int | str | None = 0) -> DataStream:
+    def sum(self, position_to_sum: int | str = 0) -> DataStream:
         """The running sum per key of a field; emits the running record per record.
 
         Args:
-            position_to_sum: A tuple position or a dict key; ignored for records that
-                are numbers themselves (a stream of int or float sums the records).
+            position_to_sum: A tuple or list position (negative ones count from the
+                end), a dict key or an attribute name. Records that are numbers are
+                summed themselves, at position 0, the only one a number has.
+
+        Raises:
+            TypeError: The position is neither an int nor a str, or is not 0 on a
+                stream of numbers.
         """
-        if self._output_type in _SCALAR_TYPES:
-            position_to_sum = None
-        factory = SumFactory(position_to_sum, self._key_selector)
-        return self._one_input("Keyed Aggregation", factory, self._output_type)
+        position: int | str | None = position_to_sum
+        if isinstance(position, bool) or not isinstance(position, int | str):
+            msg = (
+                "The field position must be of int or str type to locate the value to sum "
+                f"for tuple or row type input, got {position!r}."
+            )
+            raise TypeError(msg)
+        output_type = self._output_type
+        if output_type in _SCALAR_TYPES:
+            if position != 0:
+                assert isinstance(output_type, type)
+                msg = (
+                    f"The {position} field selected on a basic type ({output_type.__name__}). "
+                    "A field expression on a basic type can only select the 0th field "
+                    "(which means selecting the entire basic type)."
+                )
+                raise TypeError(msg)
+            position = None
+        factory = SumFactory(position, self._key_selector)
+        return self._one_input("Keyed Aggregation", factory, self._reduced_type())
 
     def process(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """Calls ``func.process_element(value, ctx, out)`` per record (KeyedProcessFunction).

@@ -186,7 +186,7 @@ class StreamExecutionEnvironment:
             parallel=False,
             name_prefix=SOURCE_PREFIX,
         )
-        return DataStream(self, source, output_type)
+        return DataStream(self, source, output_type, type_inferred=type_info is None)
 
     def from_sequence(self, start: int, end: int) -> DataStream:
         """A parallel source of the integers ``start..end`` (inclusive), split by subtask.
