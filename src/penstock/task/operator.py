@@ -151,11 +151,12 @@ def snapshot(record: OUT) -> OUT:
     kind = type(record)
     if kind in IMMUTABLE_TYPES:
         return record
-    if issubclass(kind, tuple) and all(
-        type(item) in IMMUTABLE_TYPES
-        for item in record  # type: ignore[attr-defined]
-    ):
-        return record
+    if kind is tuple or issubclass(kind, tuple):
+        for item in record:  # type: ignore[attr-defined]
+            if type(item) not in IMMUTABLE_TYPES:
+                break
+        else:
+            return record
     return copy.deepcopy(record)
 
 
