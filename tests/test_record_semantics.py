@@ -13,7 +13,7 @@ from typing import cast
 
 import pytest
 
-from penstock import StreamExecutionEnvironment
+from penstock import JobExecutionError, StreamExecutionEnvironment
 from penstock.api.datastream import DataStream
 from penstock.functions import FlatMapFunction, KeyedProcessFunction, MapFunction, ProcessContext
 from penstock.runtime.deployment import connections
@@ -232,3 +232,34 @@ def test_print_prefixes_lines_as_flink_does(
     lines = capsys.readouterr().out.splitlines()
     assert sorted(line.split("v")[1] for line in lines) == sorted(str(v) for v in range(1, 21))
     assert {line.split("v")[0] for line in lines} == prefixes
+
+
+# -- a function that raises StopIteration fails the job, it does not end the batch ------
+
+
+def stops_at_4500(value: object) -> object:
+    if value == 4500:
+        raise StopIteration  # what next() on an empty iterator raises, by mistake
+    return value
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda s: s.map(stops_at_4500),
+        lambda s: s.filter(stops_at_4500),
+        lambda s: s.flat_map(lambda v: [stops_at_4500(v)]),
+        lambda s: s.flat_map(lambda v: iter([v]) if v != 4500 else stops_at_4500(v)),
+        lambda s: s.key_by(stops_at_4500).map(str),
+        lambda s: s.partition_custom(lambda key, n: 0, stops_at_4500).map(str),
+    ],
+    ids=["map", "filter", "flat_map", "flat_map-iterator", "key_by", "partition_custom"],
+)
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_a_stop_iteration_from_a_user_function_fails_the_job(
+    step: object, parallelism: int
+) -> None:
+    env = local_env(parallelism)
+    stream = cast("DataStream", step(env.from_sequence(1, 10_000)))  # type: ignore[operator]
+    with pytest.raises(JobExecutionError, match="raised StopIteration on record"):
+        collect(stream)

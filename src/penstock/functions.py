@@ -46,6 +46,7 @@ __all__ = [
     "as_partitioner",
     "as_reduce",
     "as_sink",
+    "check_called_on_all",
     "close_all",
     "close_function",
     "close_functions",
@@ -243,6 +244,34 @@ def _adapt(fn: object, method: str, kind: str) -> Callable[..., object]:
         return fn
     msg = f"a {kind} function must be callable or have {method}(...), got {fn!r}"
     raise TypeError(msg)
+
+
+def check_called_on_all(called: int, total: int, *functions: object) -> None:
+    """Fails a bulk call that a user function ended early with StopIteration.
+
+    ``map`` and ``filter`` end quietly when the function they call raises
+    StopIteration, which would silently drop the rest of the batch. Callers compare how
+    many calls were made with how many records there were; as PEP 479 does for
+    generators, a StopIteration that escapes a function becomes a RuntimeError.
+
+    Raises:
+        RuntimeError: ``called`` is not ``total``.
+    """
+    if called != total:
+        names = " or ".join(_describe(fn) for fn in functions)
+        msg = (
+            f"{names} raised StopIteration on record {called + 1} of a batch of {total}; "
+            "a user function must not let StopIteration escape (PEP 479), or records "
+            "would be lost"
+        )
+        raise RuntimeError(msg)
+
+
+def _describe(fn: object) -> str:
+    owner = getattr(fn, "__self__", None)
+    target = fn if owner is None else owner
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"the user function {name}"
 
 
 def as_map(fn: object) -> Callable[[object], object]:

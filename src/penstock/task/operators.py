@@ -20,6 +20,7 @@ import itertools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Final
 
 from penstock.errors import IllegalStateError
@@ -31,6 +32,7 @@ from penstock.functions import (
     as_map,
     as_reduce,
     as_sink,
+    check_called_on_all,
     close_functions,
     open_functions,
 )
@@ -72,6 +74,7 @@ __all__ = [
 ]
 
 _MISSING: Final = object()
+_first: Final = itemgetter(0)
 
 UserFunction = object
 """A plain callable or an object of the matching ``penstock.functions`` class."""
@@ -157,12 +160,12 @@ class MapOperator(AbstractStreamOperator):
 
     def process_batch(self, records: list[object]) -> None:
         immutable = IMMUTABLE_TYPES
-        self.output.collect_batch(
-            [
-                value if type(value) in immutable else snapshot(value)
-                for value in map(self._map, records)
-            ]
-        )
+        results = [
+            value if type(value) in immutable else snapshot(value)
+            for value in map(self._map, records)
+        ]
+        check_called_on_all(len(results), len(records), self._map)
+        self.output.collect_batch(results)
 
 
 class FlatMapOperator(AbstractStreamOperator):
@@ -181,11 +184,15 @@ class FlatMapOperator(AbstractStreamOperator):
                 flat_map(record, out)
         else:
             immutable = IMMUTABLE_TYPES
+            # Counts the calls in C: the count stops short if the function raised
+            # StopIteration, which ends the map early.
+            calls = itertools.count()
             values: Iterable[object] = itertools.chain.from_iterable(
-                map(flat_map, records)  # type: ignore[arg-type]
+                map(_first, zip(map(flat_map, records), calls, strict=False))
             )
             # Consumed lazily: each value is taken before the function runs on.
             results = [value if type(value) in immutable else snapshot(value) for value in values]
+            check_called_on_all(next(calls), len(records), flat_map)
         if results:
             self.output.collect_batch(results)
 
@@ -198,7 +205,9 @@ class FilterOperator(AbstractStreamOperator):
         self._filter = as_filter(fn)
 
     def process_batch(self, records: list[object]) -> None:
-        kept = list(filter(self._filter, records))
+        keep = list(map(self._filter, records))
+        check_called_on_all(len(keep), len(records), self._filter)
+        kept = list(itertools.compress(records, keep))
         if kept:
             self.output.collect_batch(kept)
 

@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from penstock.errors import ConfigurationError, IllegalStateError
+from penstock.functions import check_called_on_all
 from penstock.writer.key_groups import (
     DEFAULT_MAX_PARALLELISM,
     MAX_PARALLELISM_KEY,
@@ -519,6 +520,7 @@ class KeyGroupStreamPartitioner(StreamPartitioner[T]):
     def split(self, records: Sequence[T]) -> list[list[T]]:
         n = self._checked_channels()
         keys = list(map(self._get_key, records))
+        check_called_on_all(len(keys), len(records), self._get_key)
         return _group(records, channels_for_keys(keys, self._groups, n), n)
 
     def copy(self) -> KeyGroupStreamPartitioner[T]:
@@ -578,6 +580,7 @@ class CustomPartitionerWrapper(StreamPartitioner[T], Generic[K, T]):
         # Lazy maps call get_key and partition record by record, in the same order as
         # select_channel would.
         channels = list(map(self._partition, map(self._get_key, records), repeat(n)))
+        check_called_on_all(len(channels), len(records), self._get_key, self._partition)
         if channels and not (
             set(map(type, channels)) == {int} and min(channels) >= 0 and max(channels) < n
         ):
