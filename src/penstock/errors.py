@@ -298,18 +298,41 @@ class RemoteError(PenstockError):
 
     @classmethod
     def from_exception(cls, error: BaseException) -> RemoteError:
-        """Describes ``error`` (and, as its cause, its cause chain) as a RemoteError."""
-        if isinstance(error, RemoteError):
-            return error
+        """Describes ``error`` (and, as its cause, its cause chain) as a RemoteError.
+
+        Never fails on the error itself: a ``__str__`` that raises is described as the
+        traceback module does, and a cause chain that loops ends where it would repeat.
+        """
+        first: RemoteError | None = None
+        last: RemoteError | None = None
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            remote = current if isinstance(current, RemoteError) else cls._describe(current)
+            if last is None:
+                first = remote
+            else:
+                last.__cause__ = remote
+            if isinstance(current, RemoteError):
+                break  # already carries its own cause chain
+            last = remote
+            current = current.__cause__
+        assert first is not None
+        return first
+
+    @classmethod
+    def _describe(cls, error: BaseException) -> RemoteError:
         kind = type(error)
-        remote = cls(
+        try:
+            message = str(error)
+        except Exception:  # a user's __str__ may raise anything
+            message = "<exception str() failed>"
+        return cls(
             f"{kind.__module__}.{kind.__qualname__}",
-            str(error),
+            message,
             "".join(traceback.format_exception(error, chain=False)),
         )
-        if error.__cause__ is not None:
-            remote.__cause__ = cls.from_exception(error.__cause__)
-        return remote
 
     def __str__(self) -> str:
         text = super().__str__()
