@@ -112,7 +112,9 @@ class FakeTaskManager:
         for _ in range(count):
             message = self.next_of(DeployTask)
             assert isinstance(message, DeployTask)
-            tdds.append(message.tdd)
+            tdd = message.tdd.get()
+            assert tdd.execution_id == message.execution_id
+            tdds.append(tdd)
         return tdds
 
     def report(

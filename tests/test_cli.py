@@ -536,3 +536,33 @@ def test_run_job_file_takes_its_default_parallelism_from_dash_d(
     status = main(["run", str(job), "-D", "parallelism.default=3", "-D", "execution.target=local"])
     assert status == 0
     assert "parallelism 3" in capsys.readouterr().out
+
+
+@pytest.mark.cluster
+def test_run_ships_the_modules_beside_the_job_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The TaskManagers cannot import a module that only the job file's directory has:
+    # it travels with the functions, by value, as a Flink job's classes travel in its jar.
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "neighbour_helpers_for_run.py").write_text(
+        "def triple(value):\n"
+        "    return value * 3\n"
+        "class Box:\n"
+        "    def __init__(self, value):\n"
+        "        self.value = value\n"
+    )
+    job_file = jobs / "uses_neighbour.py"
+    job_file.write_text(
+        "from neighbour_helpers_for_run import Box, triple\n"
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment(\n"
+        "    {'parallelism.default': 2, 'minicluster.number-of-taskmanagers': 2}\n"
+        ")\n"
+        "boxes = env.from_sequence(1, 100).map(triple).map(Box).execute_and_collect()\n"
+        "print('total', sum(box.value for box in boxes))\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the job's directory
+    assert main(["run", str(job_file)]) == 0
+    assert "total 15150" in capsys.readouterr().out

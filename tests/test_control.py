@@ -24,6 +24,7 @@ from penstock.runtime.control import (
     Heartbeat,
     JobResult,
     RegisterTaskManager,
+    SerializedValue,
     TaskStateChanged,
     connect,
     load_secret,
@@ -73,18 +74,21 @@ def test_messages_round_trip_with_functions_inside(echo: Echo, secret: bytes) ->
             RegisterTaskManager("tm-1", ("127.0.0.1", 4242), 2, 123),
             TaskStateChanged(execution_id, ExecutionState.FINISHED, None, {"numRecordsIn": 3.0}),
             Heartbeat("tm-1", {execution_id: {"numRecordsOut": 7.0}}),
-            CollectBatch(JobID.generate(), execution_id, 1, [1, "two", (3, 4.0)]),
+            CollectBatch(
+                JobID.generate(), execution_id, 1, SerializedValue.of([1, "two", (3, 4.0)])
+            ),
         ]
         for message in messages:
             connection.send(message)
             assert connection.recv() == message
         # User functions travel inside messages (cloudpickle), e.g. in job graphs.
         offset = 5
-        with_lambda = CollectBatch(JobID.generate(), execution_id, 2, [lambda x: x + offset])
+        records: SerializedValue[list[object]] = SerializedValue.of([lambda x: x + offset])
+        with_lambda = CollectBatch(JobID.generate(), execution_id, 2, records)
         connection.send(with_lambda)
         back = connection.recv()
         assert isinstance(back, CollectBatch)
-        function = back.records[0]
+        function = back.records.get()[0]
         assert callable(function)
         assert function(1) == 6
     finally:

@@ -71,3 +71,64 @@ def test_a_job_whose_failure_cannot_be_printed_fails_promptly(target: str) -> No
     assert isinstance(cause, RemoteError)
     assert cause.type_name.endswith("Unprintable")
     assert "fails" in cause.traceback_text
+
+
+# -- user code that another process cannot read ---------------------------------------
+
+
+def readable_only_in(pid: int, here: bool) -> type:
+    """A class whose objects unpickle only in process ``pid`` (``here``) or only elsewhere.
+
+    It stands for a class from a module that one side cannot import. Defined in a
+    function, so that it travels by value.
+    """
+
+    def rebuild(origin: int) -> object:
+        import os
+
+        if (os.getpid() == origin) != here:
+            raise ModuleNotFoundError("No module named 'user_helpers'")
+        return Travelling(origin)
+
+    class Travelling:
+        def __init__(self, origin: int) -> None:
+            self.origin = origin
+
+        def __reduce__(self) -> tuple[object, tuple[int]]:
+            return rebuild, (self.origin,)
+
+    return Travelling
+
+
+def test_user_code_a_taskmanager_cannot_read_fails_the_job_with_the_reason() -> None:
+    import os
+
+    unreadable_there = readable_only_in(os.getpid(), here=True)(os.getpid())
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {"minicluster.number-of-taskmanagers": 2, "parallelism.default": 2}
+    )
+    env.from_sequence(1, 10).map(lambda value: (unreadable_there, value)[1]).add_sink(print)
+    with pytest.raises(JobExecutionError, match="could not read the deployment") as failure:
+        env.execute("unreadable function")
+    cause = failure.value.__cause__
+    assert isinstance(cause, RemoteError)
+    assert isinstance(cause.__cause__, RemoteError)
+    assert cause.__cause__.type_name == "builtins.ModuleNotFoundError"
+
+
+def test_collected_records_the_client_cannot_read_fail_the_job_promptly() -> None:
+    import os
+
+    client = os.getpid()
+    travelling = readable_only_in(client, here=False)
+
+    def wrap(value: object) -> object:
+        return travelling(client)
+
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {"minicluster.number-of-taskmanagers": 2, "parallelism.default": 2}
+    )
+    stream = env.from_sequence(1, 1_000_000).rebalance().map(wrap)
+    with pytest.raises(JobExecutionError, match="could not read the records") as failure:
+        list(stream.execute_and_collect("unreadable records"))
+    assert isinstance(failure.value.__cause__, ModuleNotFoundError)

@@ -33,8 +33,10 @@ import contextvars
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Final, Protocol
 
 import cloudpickle
@@ -54,7 +56,6 @@ from penstock.runtime.control import (
     CollectBatch,
     ControlConnection,
     ControlMessage,
-    DeployTask,
     JobMetricsUpdate,
     JobResult,
     SubmitJob,
@@ -331,6 +332,33 @@ def _start_reader(
     return thread
 
 
+def ship_script_neighbours() -> None:
+    """Makes the modules beside the job's script travel with its functions, by value.
+
+    A job script may import modules from its own directory (Python puts it first on the
+    path), but a TaskManager runs elsewhere and could not import them, as a Flink job's
+    classes would be missing without its jar. Modules under the directory of
+    ``__main__`` are pickled by value instead, except installed packages and penstock.
+    """
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not isinstance(script, str):
+        return  # an interactive session: nothing beside it
+    directory = Path(script).resolve().parent
+    installed = {Path(prefix).resolve() for prefix in (sys.prefix, sys.base_prefix)}
+    for name, module in list(sys.modules.items()):
+        location = getattr(module, "__file__", None)
+        if name == "__main__" or name.partition(".")[0] == "penstock" or location is None:
+            continue
+        path = Path(location).resolve()
+        if (
+            path.is_relative_to(directory)
+            and not {"site-packages", "dist-packages"} & set(path.parts)
+            and not any(path.is_relative_to(prefix) for prefix in installed)
+        ):
+            cloudpickle.register_pickle_by_value(module)
+
+
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
     """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
 
@@ -351,6 +379,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     # key before any process starts instead of killing TaskManagers on the way up.
     ShuffleOptions.from_configuration(merged)
     SslOptions.from_configuration(merged)
+    ship_script_neighbours()
     target = merged.get(EXECUTION_TARGET)
     if target == "local":
         return _local_session(job, merged, metrics)
@@ -397,18 +426,16 @@ def _local_session(job: JobGraph, config: Configuration, metrics: bool) -> InPro
 class _LocalGateway:
     """The JobManager's side of an in-process TaskExecutor: direct calls.
 
-    A deployment is copied through cloudpickle first, as it would be on its way to a
+    A deployment arrives pickled (``SerializedValue``), as it would on its way to a
     TaskManager process: every subtask gets its own copy of the user functions (a sink
     object's fields are per subtask, as in Flink), and a function that cannot be
-    pickled fails here as it would on a cluster.
+    pickled fails as it would on a cluster.
     """
 
     def __init__(self, executor: TaskExecutor) -> None:
         self._executor = executor
 
     def send(self, message: ControlMessage) -> None:
-        if isinstance(message, DeployTask):
-            message = cloudpickle.loads(cloudpickle.dumps(message))
         self._executor.handle(message)
 
     def close(self) -> None:
@@ -425,6 +452,28 @@ def _raise_for(result: JobResult) -> None:
     if result.cancelled:
         msg = f"Job {result.job_name!r} ({result.job_id}) was cancelled."
         raise JobExecutionError(msg, result.job_id)
+
+
+class _UnreadableRecordsError(JobExecutionError):
+    """Collected records the client cannot unpickle: the job fails, though it runs on."""
+
+
+def _records_of(batch: CollectBatch, session: JobSession) -> list[object]:
+    """The records of ``batch``, read here (the JobManager only forwarded them).
+
+    Raises:
+        JobExecutionError: They cannot be read in this process (a record's class lives
+            in a module the client cannot import); the cause says why.
+    """
+    try:
+        return batch.records.get()
+    except Exception as exc:
+        job = session.job
+        msg = (
+            f"Job {job.name!r} ({job.job_id}) failed: the client could not read the records "
+            f"its collect sink sent: {type(exc).__name__}: {exc}"
+        )
+        raise _UnreadableRecordsError(msg, job.job_id) from exc
 
 
 def _first_line(error: BaseException) -> str:
@@ -472,10 +521,10 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
                     observer(event)
             elif event is not None:
                 if on_records is not None:
-                    on_records(event.records)
+                    on_records(_records_of(event, session))
                 session.ack(event)
     except BaseException as exc:
-        if not isinstance(exc, JobExecutionError):
+        if not isinstance(exc, JobExecutionError) or isinstance(exc, _UnreadableRecordsError):
             # Ctrl-C, or the observer failed: the job must not outlive its client.
             log.warning("cancelling job %r: %s", job.name, type(exc).__name__)
             _cancel_and_wait(session)
@@ -521,7 +570,7 @@ def _collect(
                 if observer is not None:
                     observer(event)
                 continue
-            for record in event.records:
+            for record in _records_of(event, session):
                 yield record
                 count += 1
                 if limit is not None and count >= limit:

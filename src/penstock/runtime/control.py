@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import cloudpickle
 
@@ -62,6 +62,7 @@ __all__ = [
     "JobResult",
     "RegisterTaskManager",
     "RegistrationAccepted",
+    "SerializedValue",
     "Shutdown",
     "SubmitJob",
     "TaskStateChanged",
@@ -195,11 +196,44 @@ class Heartbeat:
     metrics: dict[ExecutionAttemptID, dict[str, float]] = field(default_factory=dict)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedValue(Generic[T]):
+    """A value pickled apart from the message that carries it (Flink's SerializedValue).
+
+    User code (functions, records of user classes) is read only where it is used, so a
+    value that cannot be read there (its module is missing in that process) fails that
+    use, with the error as cause, instead of the connection that carried it. It also
+    passes through a process that only forwards it (the JobManager, for collected
+    records) without being read at all.
+    """
+
+    data: bytes
+
+    @classmethod
+    def of(cls, value: T) -> SerializedValue[T]:
+        return cls(cloudpickle.dumps(value))
+
+    def get(self) -> T:
+        """A fresh copy of the value.
+
+        Raises:
+            Exception: Whatever unpickling raises (ModuleNotFoundError, AttributeError...).
+        """
+        return pickle.loads(self.data)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
 class DeployTask:
-    """JobManager → TaskManager: run this subtask."""
+    """JobManager → TaskManager: run this subtask.
 
-    tdd: TaskDeploymentDescriptor
+    A TaskManager that cannot read the descriptor reports the subtask FAILED.
+    """
+
+    execution_id: ExecutionAttemptID
+    tdd: SerializedValue[TaskDeploymentDescriptor]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +259,15 @@ class TaskStateChanged:
 
 @dataclass(frozen=True, slots=True)
 class CollectBatch:
-    """Records of a collect sink, TaskManager → JobManager → client; ``seq`` per task."""
+    """Records of a collect sink, TaskManager → JobManager → client; ``seq`` per task.
+
+    The records are read only by the client.
+    """
 
     job_id: JobID
     execution_id: ExecutionAttemptID
     seq: int
-    records: list[object]
+    records: SerializedValue[list[object]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,11 +59,12 @@ from penstock.runtime.control import (
     JobResult,
     RegisterTaskManager,
     RegistrationAccepted,
+    SerializedValue,
     Shutdown,
     SubmitJob,
     TaskStateChanged,
 )
-from penstock.runtime.deployment import build_deployment
+from penstock.runtime.deployment import TaskDeploymentDescriptor, build_deployment
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.states import ExecutionState
 
@@ -532,18 +533,18 @@ class JobManager:
         job.status = _JobStatus.RUNNING
         job.started = time.monotonic()
         job.next_metrics = job.started + METRICS_UPDATE_INTERVAL_S
-        deploy: list[tuple[_TaskManager, DeployTask]] = []
+        deploy: list[tuple[_TaskManager, TaskDeploymentDescriptor]] = []
         for tdd in descriptors:
             slot = plan[positions[tdd.vertex.id], tdd.subtask_index]
             job.executions[tdd.execution_id] = _Execution(
                 tdd.execution_id, tdd.task_name, slot.tm_id
             )
             self._owner[tdd.execution_id] = job.graph.job_id
-            deploy.append((self._task_managers[slot.tm_id], DeployTask(tdd)))
+            deploy.append((self._task_managers[slot.tm_id], tdd))
         self._publish(job)
-        for position, (tm, message) in enumerate(deploy):
+        for position, (tm, tdd) in enumerate(deploy):
             try:
-                tm.gateway.send(message)
+                tm.gateway.send(DeployTask(tdd.execution_id, SerializedValue.of(tdd)))
             except ClusterError as exc:
                 self._lose_task_manager(tm.registration.tm_id, str(exc))
                 return
@@ -551,8 +552,8 @@ class JobManager:
                 # Tasks never sent never report: they end here, or the job would wait
                 # for them until its cancel timeout.
                 for _, unsent in deploy[position:]:
-                    job.executions[unsent.tdd.execution_id].state = ExecutionState.CANCELED
-                job.executions[message.tdd.execution_id].state = ExecutionState.FAILED
+                    job.executions[unsent.execution_id].state = ExecutionState.CANCELED
+                job.executions[tdd.execution_id].state = ExecutionState.FAILED
                 self._fail(job, RemoteError.from_exception(exc))
                 return
 

@@ -44,6 +44,7 @@ from penstock.runtime.control import (
     Heartbeat,
     RegisterTaskManager,
     RegistrationAccepted,
+    SerializedValue,
     Shutdown,
     TaskStateChanged,
     connect,
@@ -141,7 +142,8 @@ class _CollectChannel:
             self._in_flight += 1
             self._seq += 1
             seq = self._seq
-        self._send(CollectBatch(self._job_id, self._execution_id, seq, list(records)))
+        batch = SerializedValue.of(list(records))
+        self._send(CollectBatch(self._job_id, self._execution_id, seq, batch))
 
     def ack(self) -> None:
         with self._condition:
@@ -232,7 +234,17 @@ class TaskExecutor:
     def handle(self, message: ControlMessage) -> bool:
         """Acts on a message from the JobManager; returns False for ``Shutdown``."""
         if isinstance(message, DeployTask):
-            self.deploy(message.tdd)
+            try:
+                tdd = message.tdd.get()
+            except Exception as exc:
+                # The user code cannot be read here (a module missing in this process):
+                # the subtask fails with that as its cause; this TaskManager goes on.
+                msg = f"{self.tm_id} could not read the deployment of its task: {exc}"
+                error = ClusterError(msg)
+                error.__cause__ = exc
+                self._report(message.execution_id, ExecutionState.FAILED, error)
+            else:
+                self.deploy(tdd)
         elif isinstance(message, CancelTask):
             self.cancel(message.execution_id)
         elif isinstance(message, CollectAck):
