@@ -11,15 +11,21 @@ gate's availability future, or end the input.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import Final
 
 from penstock.consumer.input_gate import InputGate
 from penstock.events import EndOfPartitionEvent
 from penstock.serialization.record_deserializer import RecordDeserializer
 from penstock.task.metrics import TaskIOMetrics
+from penstock.task.step_size import STEP_BUDGET_S, StepSize
 
 __all__ = ["InputStatus", "StreamTaskNetworkInput"]
+
+_WHOLE_BUFFER: Final = 1 << 30
+"""No limit but the buffer: a cheap chain gets each buffer's records in one list."""
 
 
 class InputStatus(enum.Enum):
@@ -42,6 +48,8 @@ class StreamTaskNetworkInput:
             indices run across its gates).
         process_batch: The head operator's ``process_batch``.
         metrics: Counts ``numRecordsIn``.
+        step_budget_s: The longest the chain should work on one list: a buffer's records
+            are handed down in slices that fit it (``StepSize``).
     """
 
     def __init__(
@@ -50,11 +58,13 @@ class StreamTaskNetworkInput:
         deserializers: Sequence[RecordDeserializer[object]],
         process_batch: Callable[[list[object]], None],
         metrics: TaskIOMetrics | None = None,
+        step_budget_s: float = STEP_BUDGET_S,
     ) -> None:
         self.gate = gate
         self.deserializers = list(deserializers)
         self.process_batch = process_batch
         self.metrics = metrics or TaskIOMetrics()
+        self._step = StepSize(_WHOLE_BUFFER, step_budget_s)
 
     def emit_next(self) -> InputStatus:
         """Processes the next buffer or event, if one is readable.
@@ -72,12 +82,33 @@ class StreamTaskNetworkInput:
             records = self.deserializers[polled.channel_index].read_buffer(buffer)
             if records:
                 self.metrics.num_records_in += len(records)
-                self.process_batch(records)
+                self._process(records)
         elif isinstance(polled.event, EndOfPartitionEvent):
             self.deserializers[polled.channel_index].check_end()
         if polled.more_available:
             return InputStatus.MORE_AVAILABLE
         return InputStatus.END_OF_INPUT if gate.is_finished() else InputStatus.NOTHING_AVAILABLE
+
+    def _process(self, records: list[object]) -> None:
+        """Hands ``records`` down the chain, in slices that fit the step budget.
+
+        Time blocked downstream counts too (a backpressured chain's slices shrink, but
+        only in proportion, and a blocked task has the time to spare).
+        """
+        step = self._step
+        total = len(records)
+        if total <= step.size:
+            started = time.monotonic()
+            self.process_batch(records)
+            step.update(total, time.monotonic() - started)
+            return
+        position = 0
+        while position < total:
+            chunk = records[position : position + step.size]
+            started = time.monotonic()
+            self.process_batch(chunk)
+            step.update(len(chunk), time.monotonic() - started)
+            position += len(chunk)
 
     def get_available_future(self) -> Future[None]:
         """Done while the gate has something to read (or has finished)."""

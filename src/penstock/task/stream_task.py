@@ -10,6 +10,9 @@ The task's work is the mailbox's default action, one step per call:
   output can take a buffer, read one buffer from the gate, deserialize it into a list
   and pass the list down the chain.
 
+Both keep a step within a time budget (``StepSize``), so that a chain with a slow
+function emits its first results after a few records' work, not a thousand.
+
 Before taking more input the step checks its outputs, as Flink's ``processInput`` does
 with ``recordWriter.isAvailable()``: an output without a free buffer *suspends* the
 default action until the partition's availability future completes (soft
@@ -28,6 +31,7 @@ finishes the partitions and releases everything.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Final, cast
 
@@ -45,6 +49,7 @@ from penstock.task.mailbox import MailboxController, MailboxProcessor
 from penstock.task.metrics import TaskIOMetrics
 from penstock.task.operator import RuntimeContext, SourceOperator, StreamOperator
 from penstock.task.operator_chain import OperatorChain
+from penstock.task.step_size import STEP_BUDGET_FLUSH_ALWAYS_S, STEP_BUDGET_S, StepSize
 from penstock.writer.record_writer import RecordWriter, create_record_writer
 
 __all__ = ["DEFAULT_SOURCE_BATCH_SIZE", "StreamTask"]
@@ -97,6 +102,9 @@ class StreamTask:
                 else DEFAULT_SOURCE_BATCH_SIZE
             )
         self.source_batch_size = source_batch_size
+        budget = STEP_BUDGET_FLUSH_ALWAYS_S if tdd.vertex.buffer_timeout_ms == 0 else STEP_BUDGET_S
+        self._source_step = StepSize(source_batch_size, budget)
+        self._step_budget_s = budget
         self.writers: tuple[RecordWriter[object], ...] = ()
         self.chain: OperatorChain | None = None
         self.input: StreamTaskNetworkInput | None = None
@@ -141,7 +149,11 @@ class StreamTask:
             self.input_gate = self._input_gate()
             head = cast("StreamOperator[object, object]", self.chain.head)
             self.input = StreamTaskNetworkInput(
-                self.input_gate, self._deserializers(), head.process_batch, self.metrics
+                self.input_gate,
+                self._deserializers(),
+                head.process_batch,
+                self.metrics,
+                step_budget_s=self._step_budget_s,
             )
         self.chain.open()
         if self.input_gate is not None:
@@ -192,7 +204,15 @@ class StreamTask:
             return
         if self.input is None:
             head = cast("SourceOperator[object]", self._chain().head)
-            if not head.emit_next_batch(self.source_batch_size):
+            step = self._source_step
+            size = step.size
+            blocked = self.metrics.hard_back_pressured_timer
+            blocked_ms = blocked.get_accumulated_ms()
+            started = time.monotonic()
+            more = head.emit_next_batch(size)
+            elapsed = time.monotonic() - started
+            step.update(size, elapsed - (blocked.get_accumulated_ms() - blocked_ms) / 1000)
+            if not more:
                 self._finish_input(controller)
             return
         status = self.input.emit_next()
