@@ -8,6 +8,7 @@ and partitionings that PyFlink defines behave as PyFlink says.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import cast
 
@@ -15,6 +16,7 @@ import pytest
 
 from penstock import JobExecutionError, StreamExecutionEnvironment
 from penstock.api.datastream import DataStream
+from penstock.errors import SerializationError
 from penstock.functions import FlatMapFunction, KeyedProcessFunction, MapFunction, ProcessContext
 from penstock.runtime.deployment import connections
 from penstock.task.operator import Collector, snapshot
@@ -45,6 +47,8 @@ def test_snapshot_keeps_values_and_copies_what_can_change() -> None:
     assert copied == row and copied is not row and copied[1] is not row[1]
     nested = (1, [2])
     assert snapshot(nested) == nested and snapshot(nested) is not nested
+    with pytest.raises(SerializationError, match="a list record cannot be copied"):
+        snapshot([threading.Lock()])
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -263,3 +267,30 @@ def test_a_stop_iteration_from_a_user_function_fails_the_job(
     stream = cast("DataStream", step(env.from_sequence(1, 10_000)))  # type: ignore[operator]
     with pytest.raises(JobExecutionError, match="raised StopIteration on record"):
         collect(stream)
+
+
+# -- keyed state tells keys apart as routing does ----------------------------------------
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_keys_equal_across_types_stay_apart_at_any_parallelism(parallelism: int) -> None:
+    env = local_env(parallelism)
+    rows = [(1, 1), (True, 10), (1.0, 100)] * 2
+    sums = env.from_collection(rows).key_by(lambda row: row[0]).sum(1)
+
+    last: dict[str, object] = {}
+    for key, total in cast("list[tuple[object, int]]", collect(sums)):
+        last[type(key).__name__] = total
+    assert last == {"int": 2, "bool": 20, "float": 200}
+
+
+def test_byte_string_keys_of_any_kind_are_one_key() -> None:
+    env = local_env(2)
+    rows = [(b"k", 1), (bytearray(b"k"), 2), (b"other", 4)]
+    totals = (
+        env.from_collection(rows)
+        .key_by(lambda row: row[0])
+        .reduce(lambda a, b: (a[0], a[1] + b[1]))
+    )
+    finals = {bytes(key): total for key, total in cast("list[tuple[bytes, int]]", collect(totals))}
+    assert finals == {b"k": 3, b"other": 4}

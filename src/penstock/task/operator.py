@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeVar
 
+from penstock.errors import SerializationError
+
 __all__ = [
     "IMMUTABLE_TYPES",
     "OperatorFactory",
@@ -147,6 +149,10 @@ def snapshot(record: OUT) -> OUT:
     the operator that emitted it. Operators emit lists of records, so they take the
     copy here, when the function returns the record. Values of ``IMMUTABLE_TYPES`` and
     tuples of them are returned as they are; anything else is deep-copied.
+
+    Raises:
+        SerializationError: The record cannot be copied (it holds a lock, a socket...),
+            as it could not be serialized either.
     """
     kind = type(record)
     if kind in IMMUTABLE_TYPES:
@@ -157,7 +163,11 @@ def snapshot(record: OUT) -> OUT:
                 break
         else:
             return record
-    return copy.deepcopy(record)
+    try:
+        return copy.deepcopy(record)
+    except Exception as exc:
+        msg = f"a {type(record).__qualname__} record cannot be copied when emitted: {exc}"
+        raise SerializationError(msg) from exc
 
 
 class Collector(Generic[OUT]):

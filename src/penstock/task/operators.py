@@ -4,10 +4,10 @@ Every operator works on lists: ``process_batch`` gets all the records one buffer
 and emits its results with one ``collect_batch`` call, so the per-record cost is the
 user function and a list operation (DESIGN §7). A result is taken as it is when the
 function returns it (``snapshot``: a type test for values, a copy for mutable objects),
-so the batch holds what one-by-one emission would have sent. User functions are resolved once per
-subtask into plain callables (``penstock.functions.as_*``); a function object's
-``open(runtime_context)`` runs in ``open()`` and its ``close()`` in ``close()``, once
-each per subtask.
+so the batch holds what one-by-one emission would have sent. User functions are
+resolved once per subtask into plain callables (``penstock.functions.as_*``); a
+function object's ``open(runtime_context)`` runs in ``open()`` and its ``close()`` in
+``close()``, once each per subtask.
 
 Factories are frozen dataclasses: the client pickles them (with cloudpickle, user
 functions inside) into the job graph, and each subtask calls ``create()``.
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Final
+from typing import Final, cast
 
 from penstock.errors import IllegalStateError
 from penstock.functions import (
@@ -75,6 +75,30 @@ __all__ = [
 
 _MISSING: Final = object()
 _first: Final = itemgetter(0)
+_PLAIN_KEYS: Final = frozenset({str, int, bytes, type(None)})
+"""Key types that no key of another type equals: keyed state takes them as they are."""
+
+
+def _state_key(key: object) -> object:
+    """``key`` as keyed state tells keys apart: by type, as routing does.
+
+    Routing hashes 1, True and 1.0 as Flink hashes a Long, a Boolean and a Double, so
+    they may go to different subtasks; a plain dict would merge them wherever they meet,
+    and the result would depend on the parallelism. Here they stay apart everywhere.
+    Byte strings of any kind are one key, as routing hashes their bytes (a bytearray
+    could not be a dict key at all).
+    """
+    kind = type(key)
+    if kind in _PLAIN_KEYS:
+        return key
+    if kind is bool or kind is float:
+        return (kind, key)
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    if kind is tuple:
+        return tuple(map(_state_key, cast("tuple[object, ...]", key)))
+    return key
+
 
 UserFunction = object
 """A plain callable or an object of the matching ``penstock.functions`` class."""
@@ -232,10 +256,13 @@ class ReduceOperator(AbstractStreamOperator):
         get_key = self._get_key
         reduce = self._reduce
         immutable = IMMUTABLE_TYPES
+        plain = _PLAIN_KEYS
         results: list[object] = []
         append = results.append
         for record in records:
             key = get_key(record)
+            if type(key) not in plain:
+                key = _state_key(key)
             current = get(key)
             value = record if current is None else reduce(current, record)
             state[key] = value
@@ -309,10 +336,13 @@ class SumOperator(AbstractStreamOperator):
         get_key = self._get_key
         position = self.position
         immutable = IMMUTABLE_TYPES
+        plain = _PLAIN_KEYS
         results: list[object] = []
         append = results.append
         for record in records:
             key = get_key(record)
+            if type(key) not in plain:
+                key = _state_key(key)
             current = state.get(key, _MISSING)
             if current is _MISSING:
                 value = record
