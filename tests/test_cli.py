@@ -566,3 +566,35 @@ def test_run_ships_the_modules_beside_the_job_file(
     monkeypatch.chdir(tmp_path)  # not the job's directory
     assert main(["run", str(job_file)]) == 0
     assert "total 15150" in capsys.readouterr().out
+
+
+def test_run_of_a_file_that_runs_no_job_exits_1_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "builds_only.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 10).print()  # and no execute()\n"
+    )
+    assert main(["run", str(job_file), *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert "ran no job" in err
+    assert "execute()" in err
+
+
+def test_run_against_an_unreachable_cluster_says_why_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remote = ["-D", "execution.target=remote", "-D", "jobmanager.rpc.port=1"]
+    monkeypatch.delenv("PENSTOCK_CLUSTER_SECRET", raising=False)
+    assert main(["run", "--example", "broadcast", *remote]) == 2
+    err = capsys.readouterr().err
+    assert "PENSTOCK_CLUSTER_SECRET" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setenv("PENSTOCK_CLUSTER_SECRET", "0" * 64)
+    assert main(["run", "--example", "broadcast", *remote]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("penstock run: ")
+    assert "Traceback" not in err

@@ -111,13 +111,14 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
     from penstock.api.environment import StreamExecutionEnvironment
     from penstock.cli.job_view import JobView
     from penstock.config import Configuration
-    from penstock.errors import JobExecutionError
+    from penstock.errors import ClusterError, ConfigurationError, JobExecutionError
     from penstock.runtime.client import configure_jobs, observe_jobs
 
     records: list[object] = []
+    submitted: list[object] = []
     with (
         JobView() as view,
-        observe_jobs(view.on_update, on_records=records.extend),
+        observe_jobs(view.on_update, on_records=records.extend, on_submit=submitted.append),
         configure_jobs(config),
     ):
         try:
@@ -133,11 +134,26 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             view.close()
             _print_failure(exc)
             return EXIT_JOB_FAILED
+        except ConfigurationError as exc:  # the job's own settings, found at submission
+            view.close()
+            return usage_error("run", str(exc))
+        except ClusterError as exc:
+            view.close()
+            print(f"penstock run: {exc}", file=sys.stderr)
+            return EXIT_JOB_FAILED
         except KeyboardInterrupt:
             # The client cancelled the job and closed the cluster before re-raising.
             view.close()
             print("penstock run: interrupted; the job was cancelled", file=sys.stderr)
             return EXIT_INTERRUPTED
+    if job_file is not None and not submitted:
+        # As Flink's client says of a program that never called execute().
+        print(
+            f"penstock run: {job_file} ran no job; perhaps it never calls execute() or "
+            "execute_and_collect() on its environment",
+            file=sys.stderr,
+        )
+        return EXIT_JOB_FAILED
     if example is not None:
         description = example.describe_results(records)
         if description:

@@ -98,11 +98,16 @@ MetricsObserver = Callable[[JobMetricsUpdate], None]
 
 RecordsObserver = Callable[[list[object]], None]
 
+SubmitObserver = Callable[[JobGraph], None]
+
 _OBSERVER: Final[contextvars.ContextVar[MetricsObserver | None]] = contextvars.ContextVar(
     "penstock_job_observer", default=None
 )
 _RECORDS_OBSERVER: Final[contextvars.ContextVar[RecordsObserver | None]] = contextvars.ContextVar(
     "penstock_job_records_observer", default=None
+)
+_SUBMIT_OBSERVER: Final[contextvars.ContextVar[SubmitObserver | None]] = contextvars.ContextVar(
+    "penstock_job_submit_observer", default=None
 )
 _DEFAULTS: Final[contextvars.ContextVar[Configuration | None]] = contextvars.ContextVar(
     "penstock_job_defaults", default=None
@@ -111,7 +116,9 @@ _DEFAULTS: Final[contextvars.ContextVar[Configuration | None]] = contextvars.Con
 
 @contextlib.contextmanager
 def observe_jobs(
-    callback: MetricsObserver, on_records: RecordsObserver | None = None
+    callback: MetricsObserver,
+    on_records: RecordsObserver | None = None,
+    on_submit: SubmitObserver | None = None,
 ) -> Iterator[None]:
     """Hands the live metrics of every job executed in this context to ``callback``.
 
@@ -122,12 +129,15 @@ def observe_jobs(
         on_records: Called, in ``execute``, with each batch that a task sent through
             ``RuntimeContext.results_sink`` (a sink function's summary, for example);
             without it ``execute`` drops such batches.
+        on_submit: Called with each job graph as it is submitted.
     """
     token = _OBSERVER.set(callback)
     records_token = _RECORDS_OBSERVER.set(on_records)
+    submit_token = _SUBMIT_OBSERVER.set(on_submit)
     try:
         yield
     finally:
+        _SUBMIT_OBSERVER.reset(submit_token)
         _RECORDS_OBSERVER.reset(records_token)
         _OBSERVER.reset(token)
 
@@ -332,7 +342,7 @@ def _start_reader(
     return thread
 
 
-def ship_script_neighbours() -> None:
+def _ship_script_neighbours() -> None:
     """Makes the modules beside the job's script travel with its functions, by value.
 
     A job script may import modules from its own directory (Python puts it first on the
@@ -379,7 +389,10 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     # key before any process starts instead of killing TaskManagers on the way up.
     ShuffleOptions.from_configuration(merged)
     SslOptions.from_configuration(merged)
-    ship_script_neighbours()
+    _ship_script_neighbours()
+    on_submit = _SUBMIT_OBSERVER.get()
+    if on_submit is not None:
+        on_submit(job)
     target = merged.get(EXECUTION_TARGET)
     if target == "local":
         return _local_session(job, merged, metrics)
@@ -525,7 +538,8 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
                 session.ack(event)
     except BaseException as exc:
         if not isinstance(exc, JobExecutionError) or isinstance(exc, _UnreadableRecordsError):
-            # Ctrl-C, or the observer failed: the job must not outlive its client.
+            # Ctrl-C, the observer failed, or records could not be read: the job must
+            # not outlive its client.
             log.warning("cancelling job %r: %s", job.name, type(exc).__name__)
             _cancel_and_wait(session)
         raise
