@@ -499,3 +499,18 @@ def test_a_collect_sink_blocks_beyond_its_window_until_acknowledged(
     assert not waiting.is_alive()
     assert len(errors) == 1
     assert sent.empty()
+
+
+def test_a_job_larger_than_the_mini_cluster_fails_at_once_without_processes() -> None:
+    # A mini-cluster cannot grow: waiting for slots (60 s by default) would be in vain.
+    from penstock.errors import ClusterError
+
+    config = Configuration(
+        {
+            "execution.target": "minicluster",
+            "minicluster.number-of-taskmanagers": 1,
+            "taskmanager.numberOfTaskSlots": 1,
+        }
+    )
+    with pytest.raises(ClusterError, match="needs 2 slots, but the mini-cluster has 1"):
+        execute(doubling_job(10, parallelism=2), config)

@@ -163,7 +163,7 @@ class CorruptRecordError(SerializationError):
     """
 
     def __init__(self, channel: str, detail: str) -> None:
-        super().__init__(f"Corrupt record on channel {channel}: {detail}")
+        super().__init__(f"Corrupt record on {channel}: {detail}")
         self.channel = channel
         self.detail = detail
 

@@ -45,6 +45,7 @@ from penstock.config import (
     EXECUTION_TARGET,
     JOBMANAGER_RPC_ADDRESS,
     JOBMANAGER_RPC_PORT,
+    NUMBER_OF_TASK_SLOTS,
     Configuration,
     ShuffleOptions,
 )
@@ -369,6 +370,25 @@ def _ship_script_neighbours() -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
+def _check_minicluster_slots(job: JobGraph, task_managers: int, slots_per_tm: int) -> None:
+    """Fails a job that needs more slots than the mini-cluster will have, at once.
+
+    A mini-cluster cannot grow, so the JobManager's wait for slots would be in vain.
+
+    Raises:
+        ClusterError: The job needs more slots than the mini-cluster will have.
+    """
+    needed = required_slots(job)
+    if needed > task_managers * slots_per_tm:
+        msg = (
+            f"Could not acquire the minimum required resources: job {job.name!r} needs "
+            f"{needed} slots, but the mini-cluster has {task_managers} TaskManagers with "
+            f"{slots_per_tm} slots each. Raise minicluster.number-of-taskmanagers or "
+            "taskmanager.numberOfTaskSlots."
+        )
+        raise ClusterError(msg)
+
+
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
     """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
 
@@ -397,7 +417,9 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     if target == "local":
         return _local_session(job, merged, metrics)
     if target == "minicluster":
-        cluster = MiniCluster(merged, task_managers_for(job, merged)).start()
+        task_managers = task_managers_for(job, merged)
+        _check_minicluster_slots(job, task_managers, merged.get(NUMBER_OF_TASK_SLOTS))
+        cluster = MiniCluster(merged, task_managers).start()
         try:
             return InProcessSession(cluster.job_manager, job, cluster.close, metrics)
         except BaseException:
