@@ -9,7 +9,7 @@ and partitionings that PyFlink defines behave as PyFlink says.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 import pytest
@@ -19,7 +19,8 @@ from penstock.api.datastream import DataStream
 from penstock.errors import SerializationError
 from penstock.functions import FlatMapFunction, KeyedProcessFunction, MapFunction, ProcessContext
 from penstock.runtime.deployment import connections
-from penstock.task.operator import Collector, snapshot
+from penstock.task.operator import Collector, RuntimeContext, snapshot
+from penstock.task.operators import MapOperator
 
 LOCAL: dict[str, object] = {"execution.target": "local", "taskmanager.numberOfTaskSlots": 4}
 N_SPANNING = 5_000
@@ -294,3 +295,32 @@ def test_byte_string_keys_of_any_kind_are_one_key() -> None:
     )
     finals = {bytes(key): total for key, total in cast("list[tuple[bytes, int]]", collect(totals))}
     assert finals == {b"k": 3, b"other": 4}
+
+
+def test_object_reuse_lets_a_job_skip_the_copies() -> None:
+    class ReusingMap(MapFunction):
+        def __init__(self) -> None:
+            self.out: list[object] = [0]
+
+        def map(self, value: object) -> object:
+            self.out[0] = value
+            return self.out
+
+    emitted: list[object] = []
+
+    class Into:
+        def collect(self, record: object) -> None:
+            emitted.append(record)
+
+        def collect_batch(self, records: Sequence[object]) -> None:
+            emitted.extend(records)
+
+    for reuse, expected in (("false", [[1], [2], [3]]), ("true", [[3], [3], [3]])):
+        emitted.clear()
+        operator = MapOperator(ReusingMap())
+        config = {"pipeline.object-reuse": reuse}
+        operator.setup(Into(), RuntimeContext("Map (1/1)", "Map", 0, 1, config=config))
+        operator.open()
+        operator.process_batch([1, 2, 3])
+        # With reuse, the same object three times, as Flink would hand it on.
+        assert emitted == expected

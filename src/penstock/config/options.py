@@ -55,6 +55,7 @@ __all__ = [
     "NETWORK_MEMORY_MIN",
     "NETWORK_RETRIES",
     "NUMBER_OF_TASK_SLOTS",
+    "OBJECT_REUSE",
     "OPTIONS",
     "OTHER_ENV_VARIABLES",
     "PARALLELISM_DEFAULT",
@@ -141,6 +142,15 @@ MAX_PARALLELISM: Final = ConfigOption(
     description=(
         "Maximum parallelism (number of key groups); -1 derives it from the parallelism "
         f"(see compute_default_max_parallelism), else 1..{_UPPER_BOUND_MAX_PARALLELISM}."
+    ),
+)
+OBJECT_REUSE: Final = ConfigOption(
+    key="pipeline.object-reuse",
+    default=False,
+    parser=parse_bool,
+    description=(
+        "Whether operators may emit the mutable objects their functions return without "
+        "copying them; only for functions that never change an object after returning it."
     ),
 )
 NUMBER_OF_TASK_SLOTS: Final = ConfigOption(
@@ -397,6 +407,7 @@ HEARTBEAT_TIMEOUT: Final = ConfigOption(
 _ALL_OPTIONS: Final[tuple[ConfigOption[object], ...]] = (
     PARALLELISM_DEFAULT,
     MAX_PARALLELISM,
+    OBJECT_REUSE,
     NUMBER_OF_TASK_SLOTS,
     MINICLUSTER_NUMBER_OF_TASKMANAGERS,
     MINICLUSTER_PIN_TASKMANAGERS,

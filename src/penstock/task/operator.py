@@ -173,13 +173,14 @@ def snapshot(record: OUT) -> OUT:
 class Collector(Generic[OUT]):
     """PyFlink's Collector for flat_map/process functions that emit with ``out.collect``.
 
-    Each record is taken as it is when collected (``snapshot``).
+    Each record is taken as it is when collected (``take``: ``snapshot`` by default).
     """
 
-    __slots__ = ("_append",)
+    __slots__ = ("_append", "_take")
 
-    def __init__(self, buffer: list[OUT]) -> None:
+    def __init__(self, buffer: list[OUT], take: Callable[[OUT], OUT] = snapshot) -> None:
         self._append = buffer.append
+        self._take = take
 
     def collect(self, record: OUT) -> None:
-        self._append(record if type(record) in IMMUTABLE_TYPES else snapshot(record))
+        self._append(record if type(record) in IMMUTABLE_TYPES else self._take(record))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Final, cast
 
+from penstock.config import OBJECT_REUSE, Configuration
 from penstock.errors import IllegalStateError
 from penstock.functions import (
     ProcessContext,
@@ -74,6 +75,12 @@ __all__ = [
 ]
 
 _MISSING: Final = object()
+
+
+def _as_is(record: object) -> object:
+    return record
+
+
 _first: Final = itemgetter(0)
 _PLAIN_KEYS: Final = frozenset({str, int, bytes, type(None)})
 """Key types that no key of another type equals: keyed state takes them as they are."""
@@ -128,6 +135,10 @@ class AbstractStreamOperator:
         self.function = function
         self.output: Output[object] = _DiscardingOutput()
         self.context: RuntimeContext | None = None
+        # How a returned record is taken: copied if mutable, unless the job allows
+        # object reuse (``pipeline.object-reuse``), read in ``setup``.
+        self.take: Callable[[object], object] = snapshot
+        self.object_reuse = False
         self._functions = tuple(fn for fn in (function, key_selector) if fn is not None)
         self._opened_functions: list[object] = []
         self._opened = False
@@ -137,6 +148,8 @@ class AbstractStreamOperator:
         """Receives where to emit and what the subtask is."""
         self.output = output
         self.context = context
+        self.object_reuse = Configuration(context.config).get(OBJECT_REUSE)
+        self.take = _as_is if self.object_reuse else snapshot
 
     def open(self) -> None:
         """Opens the user functions (once)."""
@@ -165,6 +178,13 @@ class AbstractStreamOperator:
         self._opened_functions = []
         close_functions(reversed(opened))
 
+    def _taken(self, values: Iterable[object]) -> list[object]:
+        """``values`` as emitted, each taken (``take``) as the function returns it."""
+        if self.object_reuse:
+            return list(values)
+        immutable = IMMUTABLE_TYPES
+        return [value if type(value) in immutable else snapshot(value) for value in values]
+
     def _runtime_context(self) -> RuntimeContext:
         if self.context is None:
             msg = f"{type(self).__name__} was opened before setup()"
@@ -183,11 +203,7 @@ class MapOperator(AbstractStreamOperator):
         self._map = as_map(fn)
 
     def process_batch(self, records: list[object]) -> None:
-        immutable = IMMUTABLE_TYPES
-        results = [
-            value if type(value) in immutable else snapshot(value)
-            for value in map(self._map, records)
-        ]
+        results = self._taken(map(self._map, records))
         check_called_on_all(len(results), len(records), self._map)
         self.output.collect_batch(results)
 
@@ -203,11 +219,10 @@ class FlatMapOperator(AbstractStreamOperator):
         flat_map = self._flat_map
         if self._with_collector:
             results: list[object] = []
-            out = Collector(results)
+            out = Collector(results, self.take)
             for record in records:
                 flat_map(record, out)
         else:
-            immutable = IMMUTABLE_TYPES
             # Counts the calls in C: the count stops short if the function raised
             # StopIteration, which ends the map early.
             calls = itertools.count()
@@ -215,7 +230,7 @@ class FlatMapOperator(AbstractStreamOperator):
                 map(_first, zip(map(flat_map, records), calls, strict=False))
             )
             # Consumed lazily: each value is taken before the function runs on.
-            results = [value if type(value) in immutable else snapshot(value) for value in values]
+            results = self._taken(values)
             check_called_on_all(next(calls), len(records), flat_map)
         if results:
             self.output.collect_batch(results)
@@ -256,6 +271,7 @@ class ReduceOperator(AbstractStreamOperator):
         get_key = self._get_key
         reduce = self._reduce
         immutable = IMMUTABLE_TYPES
+        take = self.take
         plain = _PLAIN_KEYS
         results: list[object] = []
         append = results.append
@@ -266,7 +282,7 @@ class ReduceOperator(AbstractStreamOperator):
             current = get(key)
             value = record if current is None else reduce(current, record)
             state[key] = value
-            append(value if type(value) in immutable else snapshot(value))
+            append(value if type(value) in immutable else take(value))
         self.output.collect_batch(results)
 
 
@@ -336,6 +352,7 @@ class SumOperator(AbstractStreamOperator):
         get_key = self._get_key
         position = self.position
         immutable = IMMUTABLE_TYPES
+        take = self.take
         plain = _PLAIN_KEYS
         results: list[object] = []
         append = results.append
@@ -350,7 +367,7 @@ class SumOperator(AbstractStreamOperator):
                 total = _field(current, position) + _field(record, position)  # type: ignore[operator]
                 value = _summed(current, position, total)
             state[key] = value
-            append(value if type(value) in immutable else snapshot(value))
+            append(value if type(value) in immutable else take(value))
         self.output.collect_batch(results)
 
 
@@ -379,7 +396,7 @@ class ProcessOperator(AbstractStreamOperator):
             msg = "ProcessOperator received records before open()"
             raise IllegalStateError(msg)
         results: list[object] = []
-        out = Collector(results)
+        out = Collector(results, self.take)
         get_key = self._get_key
         process = self._process
         for record in records:
