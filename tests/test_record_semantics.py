@@ -39,6 +39,17 @@ def collect(stream: DataStream) -> list[object]:
 # -- emitted records are snapshots -------------------------------------------------------
 
 
+class ReusingMap(MapFunction):
+    """Returns one list, changed on every call: what Flink's object reuse allows."""
+
+    def __init__(self) -> None:
+        self.out: list[object] = [0]
+
+    def map(self, value: object) -> object:
+        self.out[0] = value
+        return self.out
+
+
 def test_snapshot_keeps_values_and_copies_what_can_change() -> None:
     values: list[object] = [1, 2.5, "s", b"b", None, True, (1, "a"), ()]
     for value in values:
@@ -74,14 +85,6 @@ def test_a_reduce_that_updates_its_accumulator_in_place_emits_each_running_value
 
 
 def test_a_function_that_reuses_its_output_object_emits_every_value() -> None:
-    class ReusingMap(MapFunction):
-        def __init__(self) -> None:
-            self.out: list[object] = [0]
-
-        def map(self, value: object) -> object:
-            self.out[0] = value
-            return self.out
-
     def counting_up(value: object) -> Iterator[list[object]]:
         row: list[object] = [value, 0]
         for i in range(3):
@@ -298,14 +301,6 @@ def test_byte_string_keys_of_any_kind_are_one_key() -> None:
 
 
 def test_object_reuse_lets_a_job_skip_the_copies() -> None:
-    class ReusingMap(MapFunction):
-        def __init__(self) -> None:
-            self.out: list[object] = [0]
-
-        def map(self, value: object) -> object:
-            self.out[0] = value
-            return self.out
-
     emitted: list[object] = []
 
     class Into:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 
 from penstock import StreamExecutionEnvironment
 from penstock.task.step_size import StepSize
+
+WAIT_S = 10.0
 
 
 def test_a_step_starts_at_one_record_and_doubles_while_cheap() -> None:
@@ -47,32 +49,54 @@ def test_a_step_needs_a_maximum_and_a_budget(bad: tuple[int, float]) -> None:
 
 
 PROCESSED: list[object] = []
-"""What ``slow`` processed: module-level, so the local target's copy of the function
-(it travels by reference) shares it with the test."""
+FIRST_RESULT_SEEN = threading.Event()
+"""Module-level, so that the local target's copy of ``gated`` (it travels by reference)
+shares them with the test."""
 
 
-def slow(value: object) -> object:
-    time.sleep(0.005)
+def gated(value: object) -> object:
+    """Works on record 1 at once, on the others only once the first result came out."""
+    if value != 1 and not FIRST_RESULT_SEEN.wait(timeout=WAIT_S):
+        msg = "the first result never came out while later records waited"
+        raise TimeoutError(msg)
     PROCESSED.append(value)
     return value
 
 
 @pytest.mark.parametrize("through_the_network", [False, True])
-def test_a_slow_function_emits_its_first_results_after_a_few_records(
+def test_a_function_emits_its_first_result_before_it_works_on_the_rest(
     through_the_network: bool,
 ) -> None:
+    # A whole batch (200 records) would hold record 1 back until record 2 was done,
+    # which waits for record 1: the job fails after WAIT_S instead.
     PROCESSED.clear()
+    FIRST_RESULT_SEEN.clear()
     env = StreamExecutionEnvironment.get_execution_environment(
         {"execution.target": "local", "execution.buffer-timeout": "0 ms"}
     )
     stream = env.from_sequence(1, 200)
     if through_the_network:
         stream = stream.rebalance()  # a buffer's records are one list at the map
-    results = stream.map(slow).execute_and_collect()
+    results = stream.map(gated).execute_and_collect()
     first = next(results)
-    done_when_first_arrived = len(PROCESSED)
+    done_when_first_arrived = list(PROCESSED)
+    FIRST_RESULT_SEEN.set()
     rest = list(results)
 
+    assert done_when_first_arrived == [1]
     assert [first, *rest] == list(range(1, 201))
-    # A whole batch would be 200 records: everything before anything comes out.
-    assert done_when_first_arrived <= 20
+
+
+def test_a_buffer_cut_into_slices_hands_each_record_down_once() -> None:
+    from typing import cast
+
+    from penstock.consumer.input_gate import InputGate
+    from penstock.task.input_processor import StreamTaskNetworkInput
+
+    slices: list[list[object]] = []
+    network_input = StreamTaskNetworkInput(cast("InputGate", None), [], slices.append)
+    network_input._step.size = 2  # cheap: the second slice may be 4, more than is left
+    records: list[object] = list(range(4))
+    network_input._process(records)
+    assert [len(part) for part in slices] == [2, 2]
+    assert [record for part in slices for record in part] == records

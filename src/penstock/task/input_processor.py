@@ -97,14 +97,12 @@ class StreamTaskNetworkInput:
         """
         step = self._step
         total = len(records)
-        if total <= step.size:
-            started = time.monotonic()
-            self.process_batch(records)
-            step.update(total, time.monotonic() - started)
-            return
         position = 0
         while position < total:
-            chunk = records[position : position + step.size]
+            size = step.size
+            # The common case, a whole buffer at once, takes no copy.
+            whole = position == 0 and size >= total
+            chunk = records if whole else records[position : position + size]
             started = time.monotonic()
             self.process_batch(chunk)
             step.update(len(chunk), time.monotonic() - started)
