@@ -218,10 +218,18 @@ class Pool:
 
 
 def expect_corrupt(stream: bytes, match: str | None = None) -> CorruptFrameError:
+    """Decodes ``stream`` without and with an allocator: the same error, no buffer taken."""
     decoder = FrameDecoder(MAX_BUFFER_SIZE)
     decoder.feed(stream)
     with pytest.raises(CorruptFrameError, match=match) as info:
         drain(decoder)
+    pool = Pool()
+    with_allocator = FrameDecoder(MAX_BUFFER_SIZE, allocate=pool.allocate)
+    with_allocator.feed(stream)
+    with pytest.raises(CorruptFrameError) as same_info:
+        drain(with_allocator)
+    assert str(same_info.value) == str(info.value)
+    assert pool.calls == []
     return info.value
 
 
