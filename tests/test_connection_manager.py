@@ -129,6 +129,7 @@ class ReceivingChannel:
         self.id = InputChannelID.generate()
         self.segment = memoryview(bytearray(64))
         self.received: list[int] = []
+        self.is_released = False
 
     def allocate(self, size: int, data_type: DataType) -> memoryview:
         return self.segment[:size]

@@ -180,6 +180,10 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         client = self._client
         if isinstance(message, BufferResponse):
             receiving, self._receiving = self._receiving, None
+            if receiving is not None and not receiving.is_released:
+                # Received into this channel's segment: it is the receiver, still open.
+                receiving.on_buffer_response(message)
+                return True
             channel = client.channels.get(message.receiver_id)
             if channel is None:
                 # The channel was released while the buffer was on its way. If the
