@@ -25,7 +25,10 @@ from penstock.task.step_size import STEP_BUDGET_S, StepSize
 __all__ = ["InputStatus", "StreamTaskNetworkInput"]
 
 _WHOLE_BUFFER: Final = 1 << 30
-"""No limit but the buffer: a cheap chain gets each buffer's records in one list."""
+"""No limit but the buffers: a cheap chain gets each step's records in one list."""
+
+MAX_BUFFERS_PER_STEP: Final = 8
+"""Readable data buffers deserialized into one step's list at most."""
 
 
 class InputStatus(enum.Enum):
@@ -67,7 +70,12 @@ class StreamTaskNetworkInput:
         self._step = StepSize(_WHOLE_BUFFER, step_budget_s)
 
     def emit_next(self) -> InputStatus:
-        """Processes the next buffer or event, if one is readable.
+        """Processes the next buffers or event, if one is readable.
+
+        Data buffers that are readable one after another are deserialized into one
+        list (up to ``MAX_BUFFERS_PER_STEP``, and no more records than a step holds),
+        so that the costs of a step are paid once for them all. An event ends the
+        list: the records before it are processed first.
 
         Raises:
             PenstockError: A channel failed or delivered corrupt data.
@@ -77,14 +85,27 @@ class StreamTaskNetworkInput:
         polled = gate.poll_next()
         if polled is None:
             return InputStatus.END_OF_INPUT if gate.is_finished() else InputStatus.NOTHING_AVAILABLE
+        deserializers = self.deserializers
         buffer = polled.buffer
         if buffer is not None:
-            records = self.deserializers[polled.channel_index].read_buffer(buffer)
+            records = deserializers[polled.channel_index].read_buffer(buffer)
+            limit = self._step.size
+            taken = 1
+            while polled.more_available and taken < MAX_BUFFERS_PER_STEP and len(records) < limit:
+                following = gate.poll_next()
+                if following is None:
+                    break
+                polled = following
+                buffer = polled.buffer
+                if buffer is None:
+                    break  # an event: after the records before it
+                records += deserializers[polled.channel_index].read_buffer(buffer)
+                taken += 1
             if records:
                 self.metrics.num_records_in += len(records)
                 self._process(records)
-        elif isinstance(polled.event, EndOfPartitionEvent):
-            self.deserializers[polled.channel_index].check_end()
+        if buffer is None and isinstance(polled.event, EndOfPartitionEvent):
+            deserializers[polled.channel_index].check_end()
         if polled.more_available:
             return InputStatus.MORE_AVAILABLE
         return InputStatus.END_OF_INPUT if gate.is_finished() else InputStatus.NOTHING_AVAILABLE
