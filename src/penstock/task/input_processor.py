@@ -1,10 +1,11 @@
 """StreamTaskNetworkInput: a task's input gate, turned into batches of records.
 
-One step (``emit_next``) polls the gate once: a data buffer is turned into the list of
-records it completes by the deserializer of its channel (records may span buffers, so
-every channel keeps its own) and the whole list goes to the head operator in one
-``process_batch`` call. An end-of-partition event checks that its channel did not end
-inside a record. The step says what the task should do next: poll again, wait for the
+One step (``emit_next``) polls the gate for the data buffers it can read right away (up
+to eight): each is turned into the records it completes by the deserializer of its
+channel (records may span buffers, so every channel keeps its own), and the records of
+them all go to the head operator in one ``process_batch`` call. An event ends a step
+after the records before it; an end-of-partition event checks that its channel did not
+end inside a record. The step says what the task should do next: poll again, wait for the
 gate's availability future, or end the input.
 """
 
@@ -43,7 +44,7 @@ class InputStatus(enum.Enum):
 
 
 class StreamTaskNetworkInput:
-    """Reads a gate (single or union) into an operator, one buffer per step.
+    """Reads a gate (single or union) into an operator, the readable buffers per step.
 
     Args:
         gate: The task's input gate.
