@@ -99,6 +99,24 @@ def test_a_write_off_the_loop_needs_no_loop(connection: Connection) -> None:
         assert connection.receive(12, RECEIVE_S) == b"head:payload"
 
 
+def test_a_write_on_the_loop_sends_the_parts_without_joining_them(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle connection's frames go out from their own memory, not through a copy."""
+    joined: list[object] = []
+    monkeypatch.setattr(connection.transport, "write", joined.append, raising=False)
+    payload = bytearray(b"x" * 40_000)
+
+    def write() -> None:
+        with connection.writer.lock:
+            assert connection.writer.is_idle
+            connection.writer.write([b"head:", memoryview(payload)])
+
+    connection.on_loop(write)
+    assert joined == []
+    assert connection.receive(40_005) == b"head:" + bytes(payload)
+
+
 def test_writes_from_threads_and_the_loop_arrive_in_the_order_written(
     connection: Connection,
 ) -> None:
