@@ -7,6 +7,7 @@ them are lambdas, which cloudpickle ships by value to the TaskManager processes.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -295,6 +296,47 @@ def test_a_minicluster_shuts_its_processes_down() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _unreachable_task_manager(close_stdin: bool) -> subprocess.CompletedProcess[str]:
+    """A mini-cluster TaskManager whose JobManager has already gone (a port nobody serves)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "penstock.runtime.taskmanager"]
+    command += ["--jobmanager", f"127.0.0.1:{port}", "--bootstrap-stdin"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdin is not None
+    process.stdin.write(new_secret().decode() + "\n[]\n")
+    process.stdin.flush()
+    if close_stdin:
+        process.stdin.close()  # what MiniCluster.close() does after stopping the JobManager
+    try:
+        process.wait(WAIT_S)  # not communicate(): that would close stdin
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    return subprocess.CompletedProcess(command, process.returncode, "", stderr)
+
+
+@pytest.mark.cluster
+def test_a_task_manager_of_a_closing_mini_cluster_exits_quietly() -> None:
+    """Ctrl-C right after `penstock run`: the TaskManagers find no JobManager; no error."""
+    result = _unreachable_task_manager(close_stdin=True)
+    assert result.returncode == 0
+    assert "error" not in result.stderr
+
+
+@pytest.mark.cluster
+def test_a_task_manager_that_cannot_reach_a_live_cluster_reports_it() -> None:
+    result = _unreachable_task_manager(close_stdin=False)
+    assert result.returncode == 1
+    assert "taskmanager: error: cannot reach the JobManager at 127.0.0.1:" in result.stderr
 
 
 # -- CPU placement ----------------------------------------------------------------------

@@ -76,6 +76,10 @@ MAX_HEARTBEAT_PERIOD_MS: Final = 1000
 
 TASK_JOIN_TIMEOUT_S: Final = 10.0
 
+PARENT_CLOSE_GRACE_S: Final = 2.0
+"""How long a mini-cluster's TaskManager that cannot reach its JobManager waits to see
+whether its parent is closing (stdin closes) before it reports the failure."""
+
 StateCallback = Callable[[ExecutionAttemptID, ExecutionState, BaseException | None], None]
 
 
@@ -386,12 +390,22 @@ def run_task_manager(
     """
     connection: ControlConnection | None = None
     executor = TaskExecutor(config, lambda message: _send(connection, message), slots, tm_id)
+    parent_done = threading.Event()
+    if watch_stdin:
+        _watch_stdin(parent_done, lambda: connection.close() if connection is not None else None)
     try:
         executor.start()
-        connection = connect(jobmanager, secret)
-        parent_done = threading.Event()
-        if watch_stdin:
-            _watch_stdin(connection, parent_done)
+        try:
+            connection = connect(jobmanager, secret)
+        except ClusterError:
+            # A mini-cluster closed during start-up (Ctrl-C right after `penstock run`)
+            # stops its JobManager first and then closes our stdin: not an error.
+            if watch_stdin and parent_done.wait(PARENT_CLOSE_GRACE_S):
+                log.info("%s: the mini-cluster closed before it registered", executor.tm_id)
+                return 0
+            raise
+        if parent_done.is_set():
+            return 0
         connection.send(executor.registration())
         executor.start_heartbeats()
         log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
@@ -423,14 +437,14 @@ def _send(connection: ControlConnection | None, message: ControlMessage) -> None
     connection.send(message)
 
 
-def _watch_stdin(connection: ControlConnection, parent_done: threading.Event) -> None:
+def _watch_stdin(parent_done: threading.Event, on_close: Callable[[], None]) -> None:
     def watch() -> None:
         with contextlib.suppress(OSError, ValueError):
             while sys.stdin.buffer.read(4096):
                 pass
         log.info("standard input closed: the parent process is gone or done; shutting down")
         parent_done.set()
-        connection.close()
+        on_close()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
