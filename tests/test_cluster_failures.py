@@ -10,14 +10,16 @@ import contextlib
 import ctypes
 import itertools
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import pytest
 
@@ -35,13 +37,18 @@ from cluster_helpers import (
 )
 from penstock.config import Configuration
 from penstock.errors import ClusterError, JobExecutionError, ProducerFailedError, RemoteError
+from penstock.ids import JobID
 from penstock.runtime.client import InProcessSession, execute
 from penstock.runtime.control import (
     CancelTask,
     CollectBatch,
+    ControlConnection,
+    ControlMessage,
     JobResult,
     RegistrationAccepted,
+    SerializedValue,
     Shutdown,
+    SubmitJob,
 )
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager
@@ -275,6 +282,67 @@ def test_tasks_that_never_stop_do_not_hold_the_job_forever(job_manager: JobManag
     result = recorder.results.get(timeout=WAIT_S)
     assert result.cancelled
     assert result.error is None
+
+
+class _ClientConnection:
+    """A client's end as the JobManager sees it: the messages it sent, what it got."""
+
+    peer = "client"
+
+    def __init__(self, *messages: ControlMessage) -> None:
+        self._messages = list(messages)
+        self.sent: list[ControlMessage] = []
+        self.closed = False
+
+    def recv(self) -> ControlMessage:
+        if not self._messages:
+            raise EOFError
+        return self._messages.pop(0)
+
+    def send(self, message: ControlMessage) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _pickled_from_a_module_this_process_lacks() -> bytes:
+    """A function pickled by reference to a module that is gone by the time it loads."""
+    name = "penstock_test_only_on_the_client"
+    module = types.ModuleType(name)
+
+    def triple(value: int) -> int:
+        return value * 3
+
+    triple.__module__, triple.__qualname__ = name, "triple"
+    module.triple = triple  # type: ignore[attr-defined]
+    sys.modules[name] = module
+    try:
+        return pickle.dumps(triple)
+    finally:
+        del sys.modules[name]
+
+
+def test_a_job_the_job_manager_cannot_load_fails_with_the_reason(
+    job_manager: JobManager,
+) -> None:
+    """A job whose module the JobManager lacks: a failed result, not a lost connection."""
+    submission = SubmitJob(
+        JobID.generate(),
+        "needs a module",
+        SerializedValue(_pickled_from_a_module_this_process_lacks()),
+    )
+    client = _ClientConnection(submission)
+    job_manager.serve_connection(cast("ControlConnection", client))
+    assert client.closed
+    [result] = client.sent
+    assert isinstance(result, JobResult)
+    assert result.job_id == submission.job_id
+    assert isinstance(result.error, ClusterError)
+    assert (
+        "the JobManager cannot load job 'needs a module': ModuleNotFoundError: No module "
+        "named 'penstock_test_only_on_the_client'" in str(result.error)
+    )
 
 
 def test_shutdown_tells_task_managers_to_exit() -> None:

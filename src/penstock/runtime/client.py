@@ -298,7 +298,7 @@ class RemoteSession:
         self.job = job
         self._connection = connection
         self._events: queue.SimpleQueue[JobEvent | BaseException] = queue.SimpleQueue()
-        connection.send(SubmitJob(job, metrics))
+        connection.send(SubmitJob.of(job, metrics))
         self._reader = _start_reader(connection, self._events)
 
     def next_event(self, timeout_s: float | None = None) -> JobEvent | None:

@@ -289,11 +289,20 @@ class Shutdown:
 class SubmitJob:
     """Client → JobManager: run this job and report back on this connection.
 
+    The job travels as a ``SerializedValue`` beside its id and name, so that a
+    JobManager that cannot load it (a module of its functions is not importable there)
+    answers with a failed ``JobResult`` instead of losing the connection.
     With ``metrics`` the client also gets a ``JobMetricsUpdate`` about once a second.
     """
 
-    job: JobGraph
+    job_id: JobID
+    job_name: str
+    job: SerializedValue[JobGraph]
     metrics: bool = False
+
+    @classmethod
+    def of(cls, job: JobGraph, metrics: bool = False) -> SubmitJob:
+        return cls(job.job_id, job.name, SerializedValue.of(job), metrics)
 
 
 @dataclass(frozen=True, slots=True)

@@ -762,12 +762,12 @@ class JobManager:
         self.task_manager_lost(tm_id, reason)
 
     def _serve_client(self, submission: SubmitJob, connection: ControlConnection) -> None:
-        job = submission.job
         listener = _ConnectionListener(connection)
         try:
+            job = _load_job(submission)
             self.submit(job, listener, listener.on_metrics if submission.metrics else None)
-        except IllegalStateError as exc:
-            result = JobResult(job.job_id, job.name, 0, {}, exc)
+        except (ClusterError, IllegalStateError) as exc:
+            result = JobResult(submission.job_id, submission.job_name, 0, {}, exc)
             try:
                 connection.send(result)
             finally:
@@ -786,6 +786,20 @@ class JobManager:
         if not listener.done.is_set():
             self.cancel_job(job.job_id)
         connection.close()
+
+
+def _load_job(submission: SubmitJob) -> JobGraph:
+    """The submitted job, or a ClusterError saying why this process cannot load it."""
+    try:
+        return submission.job.get()
+    except Exception as exc:
+        msg = (
+            f"the JobManager cannot load job {submission.job_name!r}: "
+            f"{type(exc).__name__}: {exc}. A module the job's functions come from must be "
+            "importable where the JobManager and the TaskManagers run: installed there, "
+            "or beside the job's script, which ships it with the job"
+        )
+        raise ClusterError(msg) from exc
 
 
 class _ConnectionListener:
