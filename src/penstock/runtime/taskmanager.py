@@ -386,7 +386,8 @@ def run_task_manager(
         watch_stdin: Exit when standard input closes (the parent process died).
 
     Returns:
-        The exit status: 0 after ``Shutdown``, 1 when the JobManager was lost.
+        The exit status: 0 after ``Shutdown`` (or when the parent mini-cluster closed,
+        even before this TaskManager registered), 1 when the JobManager was lost.
     """
     connection: ControlConnection | None = None
     executor = TaskExecutor(config, lambda message: _send(connection, message), slots, tm_id)
