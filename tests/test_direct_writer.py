@@ -105,7 +105,7 @@ def test_a_write_on_the_loop_sends_the_parts_without_joining_them(
     """An idle connection's frames go out from their own memory, not through a copy."""
     joined: list[object] = []
     monkeypatch.setattr(connection.transport, "write", joined.append, raising=False)
-    payload = bytearray(b"x" * 40_000)
+    payload = bytearray(b"x" * 4000)  # well within any socket's send buffer
 
     def write() -> None:
         with connection.writer.lock:
@@ -114,7 +114,26 @@ def test_a_write_on_the_loop_sends_the_parts_without_joining_them(
 
     connection.on_loop(write)
     assert joined == []
-    assert connection.receive(40_005) == b"head:" + bytes(payload)
+    assert connection.receive(4005) == b"head:" + bytes(payload)
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["off-loop", "on-loop"])
+def test_a_write_of_more_parts_than_one_sendmsg_takes_arrives_whole(
+    connection: Connection, on_loop: bool
+) -> None:
+    """A batch of thousands of tiny frames is joined instead of failing ``sendmsg``."""
+    parts = [_chunk(number, 3) for number in range(3000)]
+
+    def write() -> None:
+        with connection.writer.lock:
+            connection.writer.write(parts)
+
+    if on_loop:
+        connection.on_loop(write)
+    else:
+        write()
+    expected = b"".join(parts)
+    assert connection.receive(len(expected)) == expected
 
 
 def test_writes_from_threads_and_the_loop_arrive_in_the_order_written(

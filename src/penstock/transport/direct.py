@@ -37,10 +37,14 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from typing import Final
 
 from penstock.transport.loop import EventLoopThread
 
 __all__ = ["DirectWriter"]
+
+_MAX_PARTS: Final = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+"""Parts one ``sendmsg`` takes; a write of more (a batch of many tiny frames) is joined."""
 
 
 class DirectWriter:
@@ -103,8 +107,8 @@ class DirectWriter:
         on_loop = self._loop_thread.is_loop_thread
         if on_loop:
             self._drain()  # what other threads queued goes first
-        if self.is_idle:
-            parts = [data] if isinstance(data, bytes) else data
+        parts = [data] if isinstance(data, bytes) else data
+        if len(parts) <= _MAX_PARTS and self.is_idle:
             try:
                 sent = self._socket.sendmsg(parts)
             except OSError:
@@ -113,7 +117,7 @@ class DirectWriter:
                 return
             rest = b"".join(parts)[sent:]
         else:
-            rest = data if isinstance(data, bytes) else b"".join(data)
+            rest = b"".join(parts)
         if on_loop:
             self._transport.write(rest)
             return
