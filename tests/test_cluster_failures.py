@@ -345,6 +345,28 @@ def test_a_job_the_job_manager_cannot_load_fails_with_the_reason(
     )
 
 
+def test_a_submission_that_holds_no_such_job_is_refused(job_manager: JobManager) -> None:
+    submission = SubmitJob(JobID.generate(), "forty-two", SerializedValue(pickle.dumps(42)))
+    client = _ClientConnection(submission)
+    job_manager.serve_connection(cast("ControlConnection", client))
+    [result] = client.sent
+    assert isinstance(result, JobResult)
+    assert isinstance(result.error, ClusterError)
+    assert "the submission of job 'forty-two' does not hold that job" in str(result.error)
+
+
+def test_a_client_gone_before_its_refusal_costs_the_job_manager_nothing(
+    job_manager: JobManager,
+) -> None:
+    class _GoneClient(_ClientConnection):
+        def send(self, message: ControlMessage) -> None:
+            raise ClusterError("lost the control connection to client: broken pipe")
+
+    client = _GoneClient(SubmitJob(JobID.generate(), "gone", SerializedValue(pickle.dumps(42))))
+    job_manager.serve_connection(cast("ControlConnection", client))  # no exception
+    assert client.closed
+
+
 def test_shutdown_tells_task_managers_to_exit() -> None:
     manager = JobManager()
     manager.start()

@@ -770,6 +770,8 @@ class JobManager:
             result = JobResult(submission.job_id, submission.job_name, 0, {}, exc)
             try:
                 connection.send(result)
+            except ClusterError:
+                log.info("%s: the client left before it heard: %s", self.name, exc)
             finally:
                 connection.close()
             return
@@ -791,15 +793,24 @@ class JobManager:
 def _load_job(submission: SubmitJob) -> JobGraph:
     """The submitted job, or a ClusterError saying why this process cannot load it."""
     try:
-        return submission.job.get()
+        job: object = submission.job.get()  # whatever the peer pickled: checked below
     except Exception as exc:
+        hint = (
+            " A module the job's functions come from must be importable where the "
+            "JobManager and the TaskManagers run: installed there, or beside the job's "
+            "script, which ships it with the job"
+            if isinstance(exc, ImportError)
+            else ""
+        )
         msg = (
             f"the JobManager cannot load job {submission.job_name!r}: "
-            f"{type(exc).__name__}: {exc}. A module the job's functions come from must be "
-            "importable where the JobManager and the TaskManagers run: installed there, "
-            "or beside the job's script, which ships it with the job"
+            f"{type(exc).__name__}: {exc}.{hint}"
         )
         raise ClusterError(msg) from exc
+    if not isinstance(job, JobGraph) or job.job_id != submission.job_id:
+        msg = f"the submission of job {submission.job_name!r} does not hold that job"
+        raise ClusterError(msg)
+    return job
 
 
 class _ConnectionListener:
