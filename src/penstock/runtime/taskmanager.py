@@ -398,6 +398,7 @@ def run_task_manager(
         executor.start()
         try:
             connection = connect(jobmanager, secret)
+            connection.send(executor.registration())
         except ClusterError:
             # A mini-cluster closed during start-up (Ctrl-C right after `penstock run`)
             # stops its JobManager first and then closes our stdin: not an error.
@@ -405,9 +406,6 @@ def run_task_manager(
                 log.info("%s: the mini-cluster closed before it registered", executor.tm_id)
                 return 0
             raise
-        if parent_done.is_set():
-            return 0
-        connection.send(executor.registration())
         executor.start_heartbeats()
         log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
         status = 1
