@@ -583,6 +583,34 @@ def test_run_of_a_file_that_runs_no_job_exits_1_with_the_reason(
     assert "execute()" in err
 
 
+def test_an_error_in_the_job_file_is_shown_from_the_file_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``python JOB.py`` shows it: no frames of ``penstock run`` or ``runpy``."""
+    job_file = tmp_path / "typo.py"
+    job_file.write_text("def parse(line):\n    return int(line)\n\nparse('x')\n")
+    assert main(["run", str(job_file), *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert f'File "{job_file}", line 4, in <module>' in err
+    assert f'File "{job_file}", line 2, in parse' in err
+    assert err.rstrip().endswith("ValueError: invalid literal for int() with base 10: 'x'")
+    assert "runpy" not in err
+    assert "penstock/cli" not in err
+
+
+def test_a_job_file_that_does_not_compile_shows_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "unclosed.py"
+    job_file.write_text("values = (1,\n")
+    assert main(["run", str(job_file), *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert f'File "{job_file}", line 1' in err
+    assert "SyntaxError: '(' was never closed" in err
+    assert "Traceback" not in err
+
+
 def test_run_against_an_unreachable_cluster_says_why_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import runpy
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
@@ -146,6 +147,12 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             view.close()
             print("penstock run: interrupted; the job was cancelled", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Exception as exc:
+            if job_file is None:
+                raise  # a bundled example's bug is penstock's: the whole traceback
+            view.close()
+            _print_job_file_error(job_file, exc)
+            return EXIT_JOB_FAILED
     if job_file is not None and not submitted:
         # As Flink's client says of a program that never called execute().
         print(
@@ -171,6 +178,24 @@ def _run_job_file(path: Path) -> None:
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(directory)
+
+
+def _print_job_file_error(path: Path, error: Exception) -> None:
+    """Prints what the job file raised as ``python JOB.py`` would, from its own frames on.
+
+    The frames of ``penstock run`` and ``runpy`` that lead to the file tell its author
+    nothing; a file that does not compile has no frame of its own, so only the error
+    (for a SyntaxError: file, line and caret) is printed.
+    """
+    script = path.resolve()
+    frames = error.__traceback__
+    while frames is not None and not _is_frame_of(frames.tb_frame.f_code.co_filename, script):
+        frames = frames.tb_next
+    print("".join(traceback.format_exception(type(error), error, frames)), end="", file=sys.stderr)
+
+
+def _is_frame_of(filename: str, script: Path) -> bool:
+    return not filename.startswith("<") and Path(filename).resolve() == script
 
 
 def _print_failure(error: BaseException) -> None:
