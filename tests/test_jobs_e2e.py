@@ -631,7 +631,29 @@ def test_a_function_that_cannot_be_pickled_fails_the_job() -> None:
     error = execute_in_thread(env, "unpicklable")
 
     assert isinstance(error, JobExecutionError)
-    assert "lock" in str(error.__cause__)
+    cause = error.__cause__
+    assert isinstance(cause, RemoteError)
+    assert cause.type_name == "penstock.errors.SerializationError"
+    assert (
+        "the function of operator 'Map' cannot be pickled "
+        "(TypeError: cannot pickle '_thread.lock' object)" in cause.message
+    )
+    assert "create such objects in the function's open() instead" in cause.message
+
+
+def test_a_key_selector_that_cannot_be_pickled_is_named() -> None:
+    lock = threading.Lock()
+
+    def key(value: int) -> int:
+        with lock:
+            return value % 2
+
+    env = cluster_env()
+    env.from_sequence(1, N).key_by(key).map(lambda v: v).add_sink(lambda v: None)
+    error = execute_in_thread(env, "unpicklable key")
+
+    assert isinstance(error, JobExecutionError)
+    assert "the key selector of the HASH output cannot be pickled" in str(error.__cause__)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from enum import Enum
 from typing import Final, Protocol
 
 from penstock.config import HEARTBEAT_TIMEOUT, Configuration
-from penstock.errors import ClusterError, IllegalStateError, RemoteError
+from penstock.errors import ClusterError, IllegalStateError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
     CancelJob,
@@ -554,7 +554,7 @@ class JobManager:
                 for _, unsent in deploy[position:]:
                     job.executions[unsent.execution_id].state = ExecutionState.CANCELED
                 job.executions[tdd.execution_id].state = ExecutionState.FAILED
-                self._fail(job, RemoteError.from_exception(exc))
+                self._fail(job, RemoteError.from_exception(_unshippable(tdd, exc)))
                 return
 
     def _on_task_state(self, message: TaskStateChanged) -> None:
@@ -788,6 +788,42 @@ class JobManager:
         if not listener.done.is_set():
             self.cancel_job(job.job_id)
         connection.close()
+
+
+def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
+    """``error`` (raised pickling ``tdd``), named after the part of the task that failed.
+
+    As Flink's "The implementation of the MapFunction is not serializable": which
+    operator's function (or which edge's key selector, partitioner or serializer) holds
+    what cannot be pickled, not only the type of that object.
+    """
+    parts: list[tuple[str, object]] = [
+        (f"the function of operator {spec.name!r}", spec.factory) for spec in tdd.vertex.operators
+    ]
+    for produced in tdd.produced:
+        spec = produced.partitioner
+        parts += [
+            (f"the key selector of the {spec} output", spec.key_selector),
+            (f"the partitioner of the {spec} output", spec.partitioner),
+            (f"the serializer of the {spec} output", produced.serializer),
+        ]
+    parts += [
+        (f"the serializer of input {gate.input_index}", gate.serializer) for gate in tdd.consumed
+    ]
+    for part, value in parts:
+        try:
+            SerializedValue.of(value)
+        except Exception as cause:
+            msg = (
+                f"{tdd.task_name} cannot be sent to its TaskManager: {part} cannot be "
+                f"pickled ({type(cause).__name__}: {cause}). It probably refers to an object "
+                "that cannot leave this process (a lock, an open file or socket, a client "
+                "connection); create such objects in the function's open() instead"
+            )
+            named = SerializationError(msg)
+            named.__cause__ = cause
+            return named
+    return error
 
 
 def _load_job(submission: SubmitJob) -> JobGraph:
