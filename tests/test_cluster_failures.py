@@ -397,7 +397,9 @@ _CLIENT: Final = textwrap.dedent(
     def announce(value):
         if not announced:
             announced.append(True)
-            print("TM", os.getpid(), flush=True)
+            # One write(2), so that the two TaskManagers' lines on the shared pipe cannot
+            # interleave (print() writes its pieces one by one when unbuffered).
+            os.write(1, f"TM {os.getpid()}\\n".encode())
         return value
 
     def make(name, factory, p):
