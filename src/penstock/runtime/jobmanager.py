@@ -801,11 +801,11 @@ def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
         (f"the function of operator {spec.name!r}", spec.factory) for spec in tdd.vertex.operators
     ]
     for produced in tdd.produced:
-        spec = produced.partitioner
+        routing = produced.partitioner
         parts += [
-            (f"the key selector of the {spec} output", spec.key_selector),
-            (f"the partitioner of the {spec} output", spec.partitioner),
-            (f"the serializer of the {spec} output", produced.serializer),
+            (f"the key selector of the {routing} output", routing.key_selector),
+            (f"the partitioner of the {routing} output", routing.partitioner),
+            (f"the serializer of the {routing} output", produced.serializer),
         ]
     parts += [
         (f"the serializer of input {gate.input_index}", gate.serializer) for gate in tdd.consumed
