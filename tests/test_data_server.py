@@ -451,6 +451,34 @@ def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFac
     serve_to_the_end(talker, receiver_id, partition, 10)
 
 
+def test_control_frames_cut_across_reads_are_reassembled(
+    environment: EnvironmentFactory,
+) -> None:
+    # The server reads into one area and reuses it for the next read: the first part of
+    # a frame cut by a read boundary must be kept elsewhere before it is overwritten.
+    env = environment("producer")
+    partition = make_partition(env)
+    peer = RawPeer(env.data_address)
+    peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    receiver_id = InputChannelID.generate()
+    buffers = 30
+    stream = encode(PartitionRequest(partition.partition_id, 0, 0, receiver_id, 1)) + b"".join(
+        encode(AddCredit(1, receiver_id)) for _ in range(buffers - 1)
+    )
+    for start in range(0, len(stream), 7):  # 7 is prime to both frame lengths
+        peer.send_raw(stream[start : start + 7])
+    deserializer = RecordDeserializer(INTS)
+    for value in range(buffers):
+        write(partition, [value])  # read before the next: one buffer, one credit each
+        message = peer.next_message()
+        assert isinstance(message, BufferResponse)
+        assert message.receiver_id == receiver_id
+        assert message.payload is not None
+        assert deserializer.read(message.payload) == [value]
+    peer.close()
+    partition.close()
+
+
 def test_add_credit_for_an_unknown_receiver_is_ignored(environment: EnvironmentFactory) -> None:
     env = environment("producer")
     partition = make_partition(env)
