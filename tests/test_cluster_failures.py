@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,13 @@ from cluster_helpers import (
     vertex,
 )
 from penstock.config import Configuration
-from penstock.errors import ClusterError, JobExecutionError, ProducerFailedError, RemoteError
+from penstock.errors import (
+    ClusterError,
+    JobExecutionError,
+    ProducerFailedError,
+    RemoteError,
+    SerializationError,
+)
 from penstock.ids import JobID
 from penstock.runtime.client import InProcessSession, execute
 from penstock.runtime.control import (
@@ -304,6 +311,26 @@ class _ClientConnection:
 
     def close(self) -> None:
         self.closed = True
+
+
+def test_a_remote_submission_names_the_operator_whose_function_cannot_be_pickled() -> None:
+    lock = threading.Lock()  # no other process can receive a lock
+
+    def guarded(value: int) -> int:
+        with lock:
+            return value
+
+    source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 10)))
+    mapper = vertex("m", ("Map", MapFactory(guarded)), ("Sink: Discard", SinkFactory(print)))
+    # Nothing listens on port 1: the job must be refused before any connection is tried.
+    remote = Configuration({"execution.target": "remote", "jobmanager.rpc.port": 1})
+    with pytest.raises(SerializationError) as info:
+        execute(job("locked", [source, mapper]), remote)
+    assert str(info.value).startswith(
+        "job 'locked' cannot be sent to the JobManager: the function of operator 'Map' "
+        "cannot be pickled (TypeError: cannot pickle '_thread.lock' object). "
+    )
+    assert isinstance(info.value.__cause__, TypeError)
 
 
 def _pickled_from_a_module_this_process_lacks() -> bytes:

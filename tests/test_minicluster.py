@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -28,8 +29,9 @@ from cluster_helpers import (
     no_leftover_processes,
     vertex,
 )
+from penstock.api import StreamExecutionEnvironment
 from penstock.config import Configuration
-from penstock.errors import IllegalStateError
+from penstock.errors import IllegalStateError, SerializationError
 from penstock.runtime.client import execute, execute_and_collect, observe_jobs
 from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate, JobResult, new_secret
 from penstock.runtime.job_graph import JobGraph
@@ -464,6 +466,18 @@ def test_remote_target_runs_on_a_cluster_started_by_hand(
     # The job waits for the TaskManager to register, however late it is.
     records = cast(list[int], list(execute_and_collect(doubling_job(300), config)))
     assert sorted(records) == [2 * value for value in range(1, 301)]
+    # A job that cannot be pickled is refused by the client, which names the culprit
+    # (the other targets fail the job with the same message); the cluster runs on.
+    lock = threading.Lock()
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.from_collection([1, 2, 3]).key_by(lambda value: value % 2 if lock else 0).print()
+    with pytest.raises(SerializationError) as refused:
+        env.execute("unpicklable key")
+    assert str(refused.value).startswith(
+        "job 'unpicklable key' cannot be sent to the JobManager: the key selector of the "
+        "HASH edge from 'Source: Collection Source' cannot be pickled (TypeError: cannot "
+        "pickle '_thread.lock' object)."
+    )
     result = execute(doubling_job(50), config)
     assert len(result.get_metrics()) == 4
     monkeypatch.setenv(SECRET_ENV, new_secret().decode())

@@ -62,6 +62,7 @@ from penstock.runtime.control import (
     SubmitJob,
     connect,
     load_secret,
+    name_unpicklable,
 )
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, required_slots
@@ -285,20 +286,53 @@ class InProcessSession:
         self._on_close()
 
 
+def _pickled_parts(job: JobGraph) -> list[tuple[str, object]]:
+    """The user code a job carries, each with a description that names it for the user."""
+    parts: list[tuple[str, object]] = [
+        (f"the function of operator {spec.name!r}", spec.factory)
+        for vertex in job.vertices
+        for spec in vertex.operators
+    ]
+    for edge in job.edges:
+        route = f"{edge.partitioner} edge from {job.vertex(edge.source).name!r}"
+        parts += [
+            (f"the key selector of the {route}", edge.partitioner.key_selector),
+            (f"the partitioner of the {route}", edge.partitioner.partitioner),
+            (f"the serializer of the {route}", edge.serializer),
+        ]
+    return parts
+
+
+def _submission(job: JobGraph, metrics: bool) -> SubmitJob:
+    """``job`` pickled for the JobManager.
+
+    Raises:
+        SerializationError: A part of the job cannot be pickled; the message names it.
+    """
+    try:
+        return SubmitJob.of(job, metrics)
+    except Exception as exc:
+        subject = f"job {job.name!r} cannot be sent to the JobManager"
+        named = name_unpicklable(subject, _pickled_parts(job))
+        if named is None:
+            raise
+        raise named from exc
+
+
 class RemoteSession:
     """A job on a JobManager in another process, over the control channel.
 
     Args:
         connection: An authenticated connection to the JobManager.
-        job: The job; submitted now.
-        metrics: Also deliver a ``JobMetricsUpdate`` about once a second.
+        job: The job.
+        submission: The job pickled (``_submission``); sent now.
     """
 
-    def __init__(self, connection: ControlConnection, job: JobGraph, metrics: bool = False) -> None:
+    def __init__(self, connection: ControlConnection, job: JobGraph, submission: SubmitJob) -> None:
         self.job = job
         self._connection = connection
         self._events: queue.SimpleQueue[JobEvent | BaseException] = queue.SimpleQueue()
-        connection.send(SubmitJob.of(job, metrics))
+        connection.send(submission)
         self._reader = _start_reader(connection, self._events)
 
     def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
@@ -401,6 +435,8 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         ConfigurationError: Settings contradict each other (checked before anything
             starts, where every TaskManager would check them).
         ClusterError: The cluster could not be started or reached.
+        SerializationError: With ``execution.target: remote``, a part of the job cannot
+            be pickled (the other targets fail the job with it as the cause).
     """
     defaults = _DEFAULTS.get()
     merged = Configuration(config) if defaults is None else defaults | config
@@ -425,10 +461,12 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         except BaseException:
             cluster.close()
             raise
+    # Pickled first: a job that cannot leave this process never reaches the JobManager.
+    submission = _submission(job, metrics)
     address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
     connection = connect(address, load_secret(environ=os.environ))
     try:
-        return RemoteSession(connection, job, metrics)
+        return RemoteSession(connection, job, submission)
     except BaseException:
         connection.close()
         raise
@@ -538,6 +576,8 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
             ``RemoteError`` with the original type name, message and traceback, or a
             ``ClusterError``).
         ClusterError: The cluster could not be started or reached.
+        SerializationError: With ``execution.target: remote``, a part of the job cannot
+            be pickled.
         KeyboardInterrupt: Ctrl-C; the job was cancelled and the cluster released.
     """
     observer = _OBSERVER.get()

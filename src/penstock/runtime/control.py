@@ -33,14 +33,14 @@ import pickle
 import socket
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 
 import cloudpickle
 
-from penstock.errors import ClusterError, ConfigurationError, RemoteError
+from penstock.errors import ClusterError, ConfigurationError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.deployment import TaskDeploymentDescriptor
 from penstock.runtime.job_graph import JobGraph
@@ -68,6 +68,7 @@ __all__ = [
     "TaskStateChanged",
     "connect",
     "load_secret",
+    "name_unpicklable",
     "new_secret",
     "parse_address",
     "read_secret_file",
@@ -223,6 +224,32 @@ class SerializedValue(Generic[T]):
             Exception: Whatever unpickling raises (ModuleNotFoundError, AttributeError...).
         """
         return pickle.loads(self.data)  # type: ignore[no-any-return]
+
+
+def name_unpicklable(
+    subject: str, parts: Iterable[tuple[str, object]]
+) -> SerializationError | None:
+    """Why ``subject`` cannot be pickled, named after the first of ``parts`` that cannot.
+
+    As Flink's "The implementation of the MapFunction is not serializable": which
+    operator's function (or which edge's key selector, partitioner or serializer) holds
+    what cannot be pickled, not only the type of that object. Each part is a
+    description and its value; None if every part pickles.
+    """
+    for part, value in parts:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as cause:
+            msg = (
+                f"{subject}: {part} cannot be pickled ({type(cause).__name__}: {cause}). "
+                "It probably refers to an object that cannot leave this process (a lock, "
+                "an open file or socket, a client connection); create such objects in the "
+                "function's open() instead"
+            )
+            named = SerializationError(msg)
+            named.__cause__ = cause
+            return named
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from enum import Enum
 from typing import Final, Protocol
 
 from penstock.config import HEARTBEAT_TIMEOUT, Configuration
-from penstock.errors import ClusterError, IllegalStateError, RemoteError, SerializationError
+from penstock.errors import ClusterError, IllegalStateError, RemoteError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
     CancelJob,
@@ -63,6 +63,7 @@ from penstock.runtime.control import (
     Shutdown,
     SubmitJob,
     TaskStateChanged,
+    name_unpicklable,
 )
 from penstock.runtime.deployment import TaskDeploymentDescriptor, build_deployment
 from penstock.runtime.job_graph import JobGraph
@@ -791,12 +792,7 @@ class JobManager:
 
 
 def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
-    """``error`` (raised pickling ``tdd``), named after the part of the task that failed.
-
-    As Flink's "The implementation of the MapFunction is not serializable": which
-    operator's function (or which edge's key selector, partitioner or serializer) holds
-    what cannot be pickled, not only the type of that object.
-    """
+    """``error`` (raised pickling ``tdd``), named after the part of the task that failed."""
     parts: list[tuple[str, object]] = [
         (f"the function of operator {spec.name!r}", spec.factory) for spec in tdd.vertex.operators
     ]
@@ -810,20 +806,8 @@ def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
     parts += [
         (f"the serializer of input {gate.input_index}", gate.serializer) for gate in tdd.consumed
     ]
-    for part, value in parts:
-        try:
-            SerializedValue.of(value)
-        except Exception as cause:
-            msg = (
-                f"{tdd.task_name} cannot be sent to its TaskManager: {part} cannot be "
-                f"pickled ({type(cause).__name__}: {cause}). It probably refers to an object "
-                "that cannot leave this process (a lock, an open file or socket, a client "
-                "connection); create such objects in the function's open() instead"
-            )
-            named = SerializationError(msg)
-            named.__cause__ = cause
-            return named
-    return error
+    named = name_unpicklable(f"{tdd.task_name} cannot be sent to its TaskManager", parts)
+    return error if named is None else named
 
 
 def _load_job(submission: SubmitJob) -> JobGraph:
