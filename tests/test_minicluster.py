@@ -469,8 +469,13 @@ def test_remote_target_runs_on_a_cluster_started_by_hand(
     # A job that cannot be pickled is refused by the client, which names the culprit
     # (the other targets fail the job with the same message); the cluster runs on.
     lock = threading.Lock()
+
+    def key(value: int) -> int:
+        with lock:
+            return value % 2
+
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.from_collection([1, 2, 3]).key_by(lambda value: value % 2 if lock else 0).print()
+    env.from_collection([1, 2, 3]).key_by(key).print()
     with pytest.raises(SerializationError) as refused:
         env.execute("unpicklable key")
     assert str(refused.value).startswith(
