@@ -9,13 +9,15 @@ Every wait is bounded by a socket timeout or a future timeout; nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
 import threading
+import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import pytest
 
@@ -53,10 +55,12 @@ from penstock.transport.codec import (
 from penstock.transport.messages import (
     AddCredit,
     BufferResponse,
+    CloseRequest,
     ErrorResponse,
     Message,
     PartitionRequest,
 )
+from penstock.transport.server import NettyServer, _ServerConnection
 
 pytestmark = pytest.mark.integration
 
@@ -477,6 +481,74 @@ def test_control_frames_cut_across_reads_are_reassembled(
         assert deserializer.read(message.payload) == [value]
     peer.close()
     partition.close()
+
+
+class _ReadingOnClose(asyncio.Transport):
+    """A transport that, like a TLS one, reads the rest of the stream when closed."""
+
+    def __init__(self, rest: bytes) -> None:
+        super().__init__()
+        self.rest = rest
+        self.protocol: _ServerConnection | None = None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return "tls" if name == "sslcontext" else default  # no DirectWriter: not a socket
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def close(self) -> None:
+        rest, self.rest = self.rest, b""
+        if rest and self.protocol is not None:
+            area = self.protocol.get_buffer(-1)
+            area[: len(rest)] = rest
+            self.protocol.buffer_updated(len(rest))
+
+
+def test_a_read_while_a_read_is_decoded_leaves_that_one_intact() -> None:
+    # Closing a TLS transport from within a message's handling reads again at once: that
+    # read must not land where the rest of the message's own read still waits.
+    receiver_id = InputChannelID.generate()
+    credits = [encode(AddCredit(n, receiver_id)) for n in range(1, 301)]
+    first = encode(CloseRequest()) + b"".join(credits[:100])
+    transport = _ReadingOnClose(b"".join(credits[100:]))
+
+    async def deliver() -> list[Message]:
+        server = types.SimpleNamespace(
+            max_buffer_size=SEGMENT_SIZE,
+            max_control_frame_size=1024 * 1024,
+            write_high_water_mark=SEGMENT_SIZE,
+            loop_thread=None,
+            connections=set(),
+            idle_timeout_s=60.0,
+        )
+        connection = _ServerConnection(cast("NettyServer", server))
+        handled: list[Message] = []
+        handle = connection._handle
+
+        def record(message: Message) -> None:
+            handled.append(message)
+            handle(message)
+
+        connection._handle = record  # type: ignore[method-assign]
+        transport.protocol = connection
+        connection.connection_made(transport)
+        area = connection.get_buffer(-1)
+        area[: len(first)] = first
+        connection.buffer_updated(len(first))
+        connection.connection_lost(None)
+        return handled
+
+    handled = asyncio.run(deliver())
+    assert isinstance(handled[0], CloseRequest)
+    assert [m.credit for m in handled[1:] if isinstance(m, AddCredit)] == list(range(1, 301))
+    assert len(handled) == 301
 
 
 def test_add_credit_for_an_unknown_receiver_is_ignored(environment: EnvironmentFactory) -> None:

@@ -110,6 +110,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
             server.max_buffer_size, max_control_frame_size=server.max_control_frame_size
         )
         self._scratch = memoryview(bytearray(_RECEIVE_CHUNK))
+        self._area = self._scratch
+        """Where the read in progress lands (``get_buffer``)."""
+        self._decoding = False
         self._readers: dict[InputChannelID, CreditBasedReader] = {}
         self._available: deque[CreditBasedReader] = deque()
         self._waiting: dict[InputChannelID, asyncio.TimerHandle] = {}
@@ -140,20 +143,28 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self._arm_idle_timer(self.server.idle_timeout_s)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._scratch
+        # A read that comes while the last one is being decoded must not overwrite it:
+        # closing a TLS transport (a CloseRequest, a protocol error) reads what is
+        # left of the stream at once, from inside the handling of the message.
+        area = self._scratch if not self._decoding else memoryview(bytearray(_RECEIVE_CHUNK))
+        self._area = area
+        return area
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_heard = time.monotonic()
+        decoding, self._decoding = self._decoding, True
         with self._lock:
             try:
                 # Decoded in place; whatever is left of a partial frame is copied out
                 # by the time NEED_DATA comes back, so the next read may overwrite it.
-                self._decoder.feed(self._scratch[:nbytes])
+                self._decoder.feed(self._area[:nbytes])
                 while (message := self._decoder.next_message()) is not NEED_DATA:
                     self._handle(message)
             except (RemoteProtocolError, LocalProtocolError) as exc:
                 log.warning("Closing the connection from %s: %s", self.peer, exc)
                 self._send_fatal_and_close(exc)
+            finally:
+                self._decoding = decoding
 
     def eof_received(self) -> bool:
         return False
