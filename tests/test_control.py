@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import WAIT_S, no_leftover_processes
-from penstock.errors import ClusterError, ConfigurationError, RemoteError
+from penstock.errors import ClusterError, ConfigurationError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
     SECRET_ENV,
@@ -28,6 +28,7 @@ from penstock.runtime.control import (
     TaskStateChanged,
     connect,
     load_secret,
+    name_unpicklable,
     new_secret,
     parse_address,
     read_secret_file,
@@ -231,3 +232,24 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects_bad_input(text: str) -> None:
     with pytest.raises(ConfigurationError, match="HOST:PORT"):
         parse_address(text)
+
+
+def test_the_part_that_cannot_be_pickled_is_named_with_its_own_error() -> None:
+    lock = threading.Lock()
+    whole = TypeError("cannot pickle the job")
+    parts = [("the fine part", 42), ("the locked part", lock)]
+    error = name_unpicklable("job 'j' cannot be sent", parts, whole)
+    assert isinstance(error, SerializationError)
+    assert str(error).startswith(
+        "job 'j' cannot be sent: the locked part cannot be pickled (TypeError: cannot pickle "
+        "'_thread.lock' object). "
+    )
+    assert isinstance(error.__cause__, TypeError)
+    assert error.__cause__ is not whole
+
+
+def test_a_whole_that_fails_where_every_part_pickles_keeps_its_own_error() -> None:
+    whole = TypeError("cannot pickle the job")
+    error = name_unpicklable("job 'j' cannot be sent", [("the fine part", 42)], whole)
+    assert str(error) == "job 'j' cannot be sent: TypeError: cannot pickle the job"
+    assert error.__cause__ is whole

@@ -638,7 +638,7 @@ def test_a_function_that_cannot_be_pickled_fails_the_job() -> None:
         "the function of operator 'Map' cannot be pickled "
         "(TypeError: cannot pickle '_thread.lock' object)" in cause.message
     )
-    assert "create such objects in the function's open() instead" in cause.message
+    assert "create such objects where they are used (in a function's open(), for" in cause.message
 
 
 def test_a_key_selector_that_cannot_be_pickled_is_named() -> None:

@@ -467,7 +467,8 @@ def test_remote_target_runs_on_a_cluster_started_by_hand(
     records = cast(list[int], list(execute_and_collect(doubling_job(300), config)))
     assert sorted(records) == [2 * value for value in range(1, 301)]
     # A job that cannot be pickled is refused by the client, which names the culprit
-    # (the other targets fail the job with the same message); the cluster runs on.
+    # (the other targets fail the job with a similar message that names the subtask).
+    # The cluster runs on.
     lock = threading.Lock()
 
     def key(value: int) -> int:

@@ -307,33 +307,43 @@ def _submission(job: JobGraph, metrics: bool) -> SubmitJob:
     """``job`` pickled for the JobManager.
 
     Raises:
-        SerializationError: A part of the job cannot be pickled; the message names it.
+        SerializationError: The job cannot be pickled; the message names the part.
     """
     try:
         return SubmitJob.of(job, metrics)
     except Exception as exc:
         subject = f"job {job.name!r} cannot be sent to the JobManager"
-        named = name_unpicklable(subject, _pickled_parts(job))
-        if named is None:
-            raise
-        raise named from exc
+        named = name_unpicklable(subject, _pickled_parts(job), exc)
+        raise named from named.__cause__
 
 
 class RemoteSession:
     """A job on a JobManager in another process, over the control channel.
 
     Args:
-        connection: An authenticated connection to the JobManager.
-        job: The job.
-        submission: The job pickled (``_submission``); sent now.
+        connect: Opens an authenticated connection to the JobManager. It is called once
+            the job is pickled: a job that cannot leave this process never reaches the
+            JobManager.
+        job: The job; submitted now.
+        metrics: Also deliver a ``JobMetricsUpdate`` about once a second.
+
+    Raises:
+        SerializationError: The job cannot be pickled; the message names the part.
     """
 
-    def __init__(self, connection: ControlConnection, job: JobGraph, submission: SubmitJob) -> None:
+    def __init__(
+        self, connect: Callable[[], ControlConnection], job: JobGraph, metrics: bool = False
+    ) -> None:
+        submission = _submission(job, metrics)
         self.job = job
-        self._connection = connection
         self._events: queue.SimpleQueue[JobEvent | BaseException] = queue.SimpleQueue()
-        connection.send(submission)
-        self._reader = _start_reader(connection, self._events)
+        connection = self._connection = connect()
+        try:
+            connection.send(submission)
+            self._reader = _start_reader(connection, self._events)
+        except BaseException:
+            connection.close()
+            raise
 
     def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
         try:
@@ -461,15 +471,8 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         except BaseException:
             cluster.close()
             raise
-    # Pickled first: a job that cannot leave this process never reaches the JobManager.
-    submission = _submission(job, metrics)
     address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
-    connection = connect(address, load_secret(environ=os.environ))
-    try:
-        return RemoteSession(connection, job, submission)
-    except BaseException:
-        connection.close()
-        raise
+    return RemoteSession(lambda: connect(address, load_secret(environ=os.environ)), job, metrics)
 
 
 def _local_session(job: JobGraph, config: Configuration, metrics: bool) -> InProcessSession:

@@ -227,14 +227,15 @@ class SerializedValue(Generic[T]):
 
 
 def name_unpicklable(
-    subject: str, parts: Iterable[tuple[str, object]]
-) -> SerializationError | None:
-    """Why ``subject`` cannot be pickled, named after the first of ``parts`` that cannot.
+    subject: str, parts: Iterable[tuple[str, object]], error: Exception
+) -> SerializationError:
+    """``error``, raised pickling ``subject``, named after the first of ``parts`` that fails.
 
     As Flink's "The implementation of the MapFunction is not serializable": which
     operator's function (or which edge's key selector, partitioner or serializer) holds
     what cannot be pickled, not only the type of that object. Each part is a
-    description and its value; None if every part pickles.
+    description and its value. The cause of the result is the part's own error, or
+    ``error`` if every part pickles on its own.
     """
     for part, value in parts:
         try:
@@ -243,13 +244,16 @@ def name_unpicklable(
             msg = (
                 f"{subject}: {part} cannot be pickled ({type(cause).__name__}: {cause}). "
                 "It probably refers to an object that cannot leave this process (a lock, "
-                "an open file or socket, a client connection); create such objects in the "
-                "function's open() instead"
+                "an open file or socket, a client connection); create such objects where "
+                "they are used (in a function's open(), for instance) instead of capturing "
+                "them"
             )
             named = SerializationError(msg)
             named.__cause__ = cause
             return named
-    return None
+    whole = SerializationError(f"{subject}: {type(error).__name__}: {error}")
+    whole.__cause__ = error
+    return whole
 
 
 @dataclass(frozen=True, slots=True)

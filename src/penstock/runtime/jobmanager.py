@@ -44,7 +44,7 @@ from enum import Enum
 from typing import Final, Protocol
 
 from penstock.config import HEARTBEAT_TIMEOUT, Configuration
-from penstock.errors import ClusterError, IllegalStateError, RemoteError
+from penstock.errors import ClusterError, IllegalStateError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
     CancelJob,
@@ -791,7 +791,7 @@ class JobManager:
         connection.close()
 
 
-def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
+def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> SerializationError:
     """``error`` (raised pickling ``tdd``), named after the part of the task that failed."""
     parts: list[tuple[str, object]] = [
         (f"the function of operator {spec.name!r}", spec.factory) for spec in tdd.vertex.operators
@@ -806,8 +806,7 @@ def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> Exception:
     parts += [
         (f"the serializer of input {gate.input_index}", gate.serializer) for gate in tdd.consumed
     ]
-    named = name_unpicklable(f"{tdd.task_name} cannot be sent to its TaskManager", parts)
-    return error if named is None else named
+    return name_unpicklable(f"{tdd.task_name} cannot be sent to its TaskManager", parts, error)
 
 
 def _load_job(submission: SubmitJob) -> JobGraph:
