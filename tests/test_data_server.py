@@ -455,34 +455,6 @@ def test_a_connection_that_keeps_talking_is_not_idle(environment: EnvironmentFac
     serve_to_the_end(talker, receiver_id, partition, 10)
 
 
-def test_control_frames_cut_across_reads_are_reassembled(
-    environment: EnvironmentFactory,
-) -> None:
-    # The server reads into one area and reuses it for the next read: the first part of
-    # a frame cut by a read boundary must be kept elsewhere before it is overwritten.
-    env = environment("producer")
-    partition = make_partition(env)
-    peer = RawPeer(env.data_address)
-    peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    receiver_id = InputChannelID.generate()
-    buffers = 30
-    stream = encode(PartitionRequest(partition.partition_id, 0, 0, receiver_id, 1)) + b"".join(
-        encode(AddCredit(1, receiver_id)) for _ in range(buffers - 1)
-    )
-    for start in range(0, len(stream), 7):  # 7 is prime to both frame lengths
-        peer.send_raw(stream[start : start + 7])
-    deserializer = RecordDeserializer(INTS)
-    for value in range(buffers):
-        write(partition, [value])  # read before the next: one buffer, one credit each
-        message = peer.next_message()
-        assert isinstance(message, BufferResponse)
-        assert message.receiver_id == receiver_id
-        assert message.payload is not None
-        assert deserializer.read(message.payload) == [value]
-    peer.close()
-    partition.close()
-
-
 class _ReadingOnClose(asyncio.Transport):
     """A transport that, like a TLS one, reads the rest of the stream when closed."""
 
@@ -511,13 +483,9 @@ class _ReadingOnClose(asyncio.Transport):
             self.protocol.buffer_updated(len(rest))
 
 
-def test_a_read_while_a_read_is_decoded_leaves_that_one_intact() -> None:
-    # Closing a TLS transport from within a message's handling reads again at once: that
-    # read must not land where the rest of the message's own read still waits.
-    receiver_id = InputChannelID.generate()
-    credits = [encode(AddCredit(n, receiver_id)) for n in range(1, 301)]
-    first = encode(CloseRequest()) + b"".join(credits[:100])
-    transport = _ReadingOnClose(b"".join(credits[100:]))
+def handled_messages(reads: Sequence[bytes], rest_on_close: bytes = b"") -> list[Message]:
+    """What a server connection handles, given its reads one by one (no socket)."""
+    transport = _ReadingOnClose(rest_on_close)
 
     async def deliver() -> list[Message]:
         server = types.SimpleNamespace(
@@ -539,15 +507,38 @@ def test_a_read_while_a_read_is_decoded_leaves_that_one_intact() -> None:
         connection._handle = record  # type: ignore[method-assign]
         transport.protocol = connection
         connection.connection_made(transport)
-        area = connection.get_buffer(-1)
-        area[: len(first)] = first
-        connection.buffer_updated(len(first))
+        for data in reads:
+            area = connection.get_buffer(-1)
+            area[: len(data)] = data
+            connection.buffer_updated(len(data))
         connection.connection_lost(None)
         return handled
 
-    handled = asyncio.run(deliver())
+    return asyncio.run(deliver())
+
+
+CREDITS: Final = [encode(AddCredit(n, InputChannelID.generate())) for n in range(1, 301)]
+
+
+def credits_of(messages: list[Message]) -> list[int]:
+    return [message.credit for message in messages if isinstance(message, AddCredit)]
+
+
+def test_frames_cut_across_reads_are_reassembled() -> None:
+    # The server reads into one area and reuses it for the next read: the first part of
+    # a frame cut by a read boundary must be kept elsewhere before it is overwritten.
+    stream = b"".join(CREDITS)
+    reads = [stream[start : start + 7] for start in range(0, len(stream), 7)]  # 7 ∤ 29
+    assert credits_of(handled_messages(reads)) == list(range(1, 301))
+
+
+def test_a_read_while_a_read_is_decoded_leaves_that_one_intact() -> None:
+    # Closing a TLS transport from within a message's handling reads again at once: that
+    # read must not land where the rest of the message's own read still waits.
+    first = encode(CloseRequest()) + b"".join(CREDITS[:100])
+    handled = handled_messages([first], rest_on_close=b"".join(CREDITS[100:]))
     assert isinstance(handled[0], CloseRequest)
-    assert [m.credit for m in handled[1:] if isinstance(m, AddCredit)] == list(range(1, 301))
+    assert credits_of(handled[1:]) == list(range(1, 301))
     assert len(handled) == 301
 
 
