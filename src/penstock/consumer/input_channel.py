@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from penstock.buffer.buffer import Buffer, DataType
 from penstock.ids import ResultPartitionID
@@ -14,8 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["BufferAndAvailability", "InputChannel"]
 
 
-@dataclass(frozen=True, slots=True)
-class BufferAndAvailability:
+class BufferAndAvailability(NamedTuple):
     """A buffer read from a channel, and whether the channel has more right now.
 
     Attributes:

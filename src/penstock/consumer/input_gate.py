@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from penstock.buffer.buffer import Buffer, DataType
 from penstock.consumer.input_channel import InputChannel
@@ -35,8 +35,7 @@ from penstock.serialization.event_serializer import deserialize_event
 __all__ = ["BufferOrEvent", "InputGate", "SingleInputGate"]
 
 
-@dataclass(frozen=True, slots=True)
-class BufferOrEvent:
+class BufferOrEvent(NamedTuple):
     """What a gate returns: a data buffer or an event, and the channel it came from.
 
     Attributes:

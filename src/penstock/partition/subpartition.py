@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from penstock.buffer.buffer import Buffer, DataType
 from penstock.buffer.builder import BufferBuilder, BufferConsumer
@@ -45,8 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["BufferAndBacklog", "BufferAvailabilityListener", "PipelinedSubpartition"]
 
 
-@dataclass(frozen=True, slots=True)
-class BufferAndBacklog:
+class BufferAndBacklog(NamedTuple):
     """A polled buffer with what the reader needs to know about the rest of the queue.
 
     Attributes:
