@@ -626,3 +626,28 @@ def test_run_against_an_unreachable_cluster_says_why_without_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("penstock run: ")
     assert "Traceback" not in err
+
+
+def test_run_failed_job_prints_an_error_without_frames_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The JobManager refuses to ship the function: its SerializationError has no frames
+    # of its own, only a cause (cloudpickle's TypeError) that has.
+    job_file = tmp_path / "locked.py"
+    job_file.write_text(
+        "import threading\n"
+        "from penstock import StreamExecutionEnvironment\n"
+        "lock = threading.Lock()\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 3).map(lambda n: (lock, n)[1]).add_sink(lambda n: None)\n"
+        "env.execute('locked')\n",
+        encoding="utf-8",
+    )
+
+    assert main(["run", str(job_file), *LOCAL]) == 1
+
+    err = capsys.readouterr().err
+    refusal = "cannot be sent to its TaskManager: the function of operator 'Map'"
+    assert err.count(refusal) == 2  # the job's failure and its cause, not a third time
+    assert "Caused by builtins.TypeError: cannot pickle '_thread.lock' object" in err
+    assert "Traceback (most recent call last):" in err  # the TypeError's frames

@@ -48,6 +48,9 @@ DEFAULT_EXAMPLE: Final = "word_count"
 DEFAULT_PARALLELISM: Final = 2
 """``parallelism.default`` of the examples unless ``-D`` sets it: two TaskManagers."""
 
+_TRACEBACK_HEADER: Final = "Traceback (most recent call last):"
+"""How Python begins a traceback that has frames."""
+
 
 def add_run_parser(subparsers: SubParsers) -> None:
     """Adds ``run [JOB.py | --example NAME] [-D key=value ...]``."""
@@ -206,7 +209,9 @@ def _print_failure(error: BaseException) -> None:
     while cause is not None:
         if isinstance(cause, RemoteError):
             print(f"Caused by {cause.type_name}: {cause.message}", file=sys.stderr)
-            if cause.traceback_text:
+            # An error raised by penstock itself, not in a frame of anyone's code, has
+            # no traceback: its text is the line just printed.
+            if _TRACEBACK_HEADER in cause.traceback_text:
                 print(cause.traceback_text.rstrip(), file=sys.stderr)
         else:
             print(f"Caused by {type(cause).__name__}: {cause}", file=sys.stderr)
