@@ -651,3 +651,28 @@ def test_run_failed_job_prints_an_error_without_frames_once(
     assert err.count(refusal) == 2  # the job's failure and its cause, not a third time
     assert "Caused by builtins.TypeError: cannot pickle '_thread.lock' object" in err
     assert "Traceback (most recent call last):" in err  # the TypeError's frames
+
+
+def test_run_failed_job_prints_the_notes_of_a_cause_without_frames(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "noted.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "def check(n):\n"
+        "    if n == 2:\n"
+        "        cause = ValueError('bad row')\n"
+        "        cause.add_note('while parsing line 3')\n"
+        "        raise RuntimeError('record 2 failed') from cause\n"
+        "    return n\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 3).map(check).add_sink(lambda n: None)\n"
+        "env.execute('noted')\n",
+        encoding="utf-8",
+    )
+
+    assert main(["run", str(job_file), *LOCAL]) == 1
+
+    err = capsys.readouterr().err
+    assert "Caused by builtins.ValueError: bad row" in err
+    assert "while parsing line 3" in err  # the cause was never raised, but has a note

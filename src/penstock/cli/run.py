@@ -48,9 +48,6 @@ DEFAULT_EXAMPLE: Final = "word_count"
 DEFAULT_PARALLELISM: Final = 2
 """``parallelism.default`` of the examples unless ``-D`` sets it: two TaskManagers."""
 
-_TRACEBACK_HEADER: Final = "Traceback (most recent call last):"
-"""How Python begins a traceback that has frames."""
-
 
 def add_run_parser(subparsers: SubParsers) -> None:
     """Adds ``run [JOB.py | --example NAME] [-D key=value ...]``."""
@@ -209,9 +206,10 @@ def _print_failure(error: BaseException) -> None:
     while cause is not None:
         if isinstance(cause, RemoteError):
             print(f"Caused by {cause.type_name}: {cause.message}", file=sys.stderr)
-            # An error raised by penstock itself, not in a frame of anyone's code, has
-            # no traceback: its text is the line just printed.
-            if _TRACEBACK_HEADER in cause.traceback_text:
+            # An error that was never raised (penstock refusing a task, say) and has
+            # no notes formats to one line: the one just printed. Anything more (frames,
+            # notes, a group's members, a syntax error's caret) is printed.
+            if "\n" in cause.traceback_text.strip():
                 print(cause.traceback_text.rstrip(), file=sys.stderr)
         else:
             print(f"Caused by {type(cause).__name__}: {cause}", file=sys.stderr)
