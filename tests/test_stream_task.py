@@ -26,6 +26,7 @@ from penstock.runtime.task import Task
 from penstock.serialization.generic import GenericSerializer
 from penstock.serialization.types import IntSerializer, TypeSerializer
 from penstock.shuffle import ShuffleEnvironment
+from penstock.task import stream_task
 from penstock.task.metrics import TimerGauge
 from penstock.task.operator import OperatorFactory, RuntimeContext
 from penstock.task.operators import (
@@ -356,6 +357,44 @@ def test_slow_sink_backpressures_the_source(shuffle: ShuffleEnvironment) -> None
     assert produced["accumulateBackPressuredTimeMs"] >= during["accumulateBackPressuredTimeMs"]
     assert produced["numRecordsOut"] == 200_000
     assert tasks[1].metrics_snapshot()["numRecordsIn"] == 200_000
+    assert all_segments_returned(shuffle)
+
+
+def test_a_gate_filled_while_the_consumer_lets_the_producer_run_needs_no_suspension(
+    shuffle: ShuffleEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that finds its gate empty lets the producer run before it suspends.
+
+    Here the producer always fills the gate in that moment (the stand-in for the yield
+    waits for it), so the consumer is never idle: it never suspends.
+    """
+    consumers: list[Task] = []
+    yields = 0
+
+    def producer_fills_the_gate() -> None:
+        nonlocal yields
+        yields += 1
+        consumer = consumers[0]._stream_task
+        assert consumer is not None and consumer.input is not None
+        consumer.input.get_available_future().result(WAIT)
+
+    monkeypatch.setattr(stream_task, "_let_producer_run", producer_fills_the_gate)
+    idle = SignallingTimer()
+
+    def prepare(task: Task) -> None:
+        if task.task_name.startswith("Sink"):
+            task.metrics.idle_timer = idle
+            consumers.append(task)
+
+    source = vertex("Source: Sequence Source", 1, ("Source", SequenceSourceFactory(0, 9_999)))
+    sink = vertex("Sink: Collect", 1, ("Sink", CollectSinkFactory()))
+    graph = job(source, sink, edges=[edge(source, sink, PartitionerSpec("forward"))])
+    run = start(graph, shuffle, prepare=prepare)
+    run.join()
+
+    assert sorted(cast("list[int]", run.results)) == list(range(10_000))
+    assert yields > 0
+    assert not idle.started.is_set()
     assert all_segments_returned(shuffle)
 
 
