@@ -271,29 +271,37 @@ def test_run_example_applies_dynamic_properties(capsys: pytest.CaptureFixture[st
     assert rows["Map -> Sink: Count Per Subtask"][:3] == ["3", "3,000", "0"]
 
 
+def run_failing_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *lines: str
+) -> tuple[str, str]:
+    """Runs a job file of ``lines`` on the local target, expecting status 1: (out, err)."""
+    job_file = tmp_path / "failing.py"
+    job_file.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    assert main(["run", str(job_file), *LOCAL]) == 1
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
 def test_run_failed_job_exits_1_with_the_remote_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job_file = tmp_path / "failing.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "def check(n):\n"
-        "    if n == 7:\n"
-        "        raise ValueError(f'bad record {n}')\n"
-        "    return n\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 10).map(check).add_sink(lambda n: None)\n"
-        "env.execute('failing')\n",
-        encoding="utf-8",
+    out, err = run_failing_job(
+        tmp_path,
+        capsys,
+        "from penstock import StreamExecutionEnvironment",
+        "def check(n):",
+        "    if n == 7:",
+        "        raise ValueError(f'bad record {n}')",
+        "    return n",
+        "env = StreamExecutionEnvironment.get_execution_environment()",
+        "env.from_sequence(1, 10).map(check).add_sink(lambda n: None)",
+        "env.execute('failing')",
     )
 
-    assert main(["run", str(job_file), *LOCAL]) == 1
-
-    captured = capsys.readouterr()
-    assert "penstock run: JobExecutionError: Job 'failing'" in captured.err
-    assert "Caused by builtins.ValueError: bad record 7" in captured.err
-    assert "in check" in captured.err  # the remote traceback text
-    assert "FAILED after" in captured.out
+    assert "penstock run: JobExecutionError: Job 'failing'" in err
+    assert "Caused by builtins.ValueError: bad record 7" in err
+    assert "in check" in err  # the remote traceback text
+    assert "FAILED after" in out
 
 
 def test_log_lines_name_process_pid_and_thread(capsys: pytest.CaptureFixture[str]) -> None:
@@ -633,20 +641,17 @@ def test_run_failed_job_prints_an_error_without_frames_once(
 ) -> None:
     # The JobManager refuses to ship the function: its SerializationError has no frames
     # of its own, only a cause (cloudpickle's TypeError) that has.
-    job_file = tmp_path / "locked.py"
-    job_file.write_text(
-        "import threading\n"
-        "from penstock import StreamExecutionEnvironment\n"
-        "lock = threading.Lock()\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 3).map(lambda n: (lock, n)[1]).add_sink(lambda n: None)\n"
-        "env.execute('locked')\n",
-        encoding="utf-8",
-    )
+    err = run_failing_job(
+        tmp_path,
+        capsys,
+        "import threading",
+        "from penstock import StreamExecutionEnvironment",
+        "lock = threading.Lock()",
+        "env = StreamExecutionEnvironment.get_execution_environment()",
+        "env.from_sequence(1, 3).map(lambda n: (lock, n)[1]).add_sink(lambda n: None)",
+        "env.execute('locked')",
+    )[1]
 
-    assert main(["run", str(job_file), *LOCAL]) == 1
-
-    err = capsys.readouterr().err
     refusal = "cannot be sent to its TaskManager: the function of operator 'Map'"
     assert err.count(refusal) == 2  # the job's failure and its cause, not a third time
     assert "Caused by builtins.TypeError: cannot pickle '_thread.lock' object" in err
@@ -656,23 +661,20 @@ def test_run_failed_job_prints_an_error_without_frames_once(
 def test_run_failed_job_prints_the_notes_of_a_cause_without_frames(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job_file = tmp_path / "noted.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "def check(n):\n"
-        "    if n == 2:\n"
-        "        cause = ValueError('bad row')\n"
-        "        cause.add_note('while parsing line 3')\n"
-        "        raise RuntimeError('record 2 failed') from cause\n"
-        "    return n\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 3).map(check).add_sink(lambda n: None)\n"
-        "env.execute('noted')\n",
-        encoding="utf-8",
-    )
+    err = run_failing_job(
+        tmp_path,
+        capsys,
+        "from penstock import StreamExecutionEnvironment",
+        "def check(n):",
+        "    if n == 2:",
+        "        cause = ValueError('bad row')",
+        "        cause.add_note('while parsing line 3')",
+        "        raise RuntimeError('record 2 failed') from cause",
+        "    return n",
+        "env = StreamExecutionEnvironment.get_execution_environment()",
+        "env.from_sequence(1, 3).map(check).add_sink(lambda n: None)",
+        "env.execute('noted')",
+    )[1]
 
-    assert main(["run", str(job_file), *LOCAL]) == 1
-
-    err = capsys.readouterr().err
     assert "Caused by builtins.ValueError: bad row" in err
     assert "while parsing line 3" in err  # the cause was never raised, but has a note
