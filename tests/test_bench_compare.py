@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import penstock.bench.compare as compare_module
 from cluster_helpers import no_leftover_processes  # noqa: F401 - autouse fixture
-from penstock.bench.compare import COMPARISONS, ComparisonResult, FlinkHarness, Measurement
+from penstock.bench.compare import (
+    COMPARISONS,
+    Comparison,
+    ComparisonResult,
+    FlinkHarness,
+    Measurement,
+    compare,
+    cpu_latency_limit,
+    host_steal_s,
+)
 from penstock.bench.jobs import KEYS, WORKLOADS, BenchJob, SinkSummary, build_job
 from penstock.cli import main
 from penstock.config import Configuration
@@ -74,6 +88,119 @@ def test_ratio_is_of_medians_and_inverted_for_latency() -> None:
     failed = ComparisonResult(throughput.comparison)
     failed.penstock = [Measurement("penstock", 0, 0, 0, 1.0, ok=False, error="boom")]
     assert failed.ratio() is None
+
+
+def test_host_steal_is_read_from_the_steal_column_of_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    ticks = 250
+    stat.write_text(f"cpu  10 0 20 3000 5 0 1 {ticks} 0 0\ncpu0 5 0 10 1500 2 0 0 125 0 0\n")
+    assert host_steal_s(stat) == pytest.approx(ticks / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("cpu  10 0 20 3000\n")  # a kernel too old to count steal
+    assert host_steal_s(stat) is None
+    assert host_steal_s(tmp_path / "missing") is None
+
+
+class _FakeFlink(FlinkHarness):
+    def run(self, comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        return Measurement("flink", records, 1.0, records, 1.0)
+
+
+def test_every_run_carries_the_steal_taken_during_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        return Measurement("penstock", records, 1.0, records, 1.0)
+
+    monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
+    # Before and after each run: penstock 10→10.5, Flink 10.5→13, penstock 13→13.25, Flink none.
+    readings: Iterator[float] = iter([10.0, 10.5, 10.5, 13.0, 13.0, 13.25, 13.25, 13.25])
+    comparison = next(c for c in COMPARISONS if c.id == "R-bytes1k")
+    (result,) = compare(
+        [comparison],
+        reps=2,
+        flink=_FakeFlink(Path(), {}),
+        steal_clock=lambda: next(readings),
+    )
+    assert [run.steal_s for run in result.penstock] == [0.5, 0.25]
+    assert [run.steal_s for run in result.flink] == [2.5, 0.0]
+    data = result.to_dict()
+    assert (data["penstock_steal_s"], data["flink_steal_s"]) == (0.75, 2.5)
+    assert data["penstock_runs"][0]["steal_s"] == 0.5  # type: ignore[index]
+
+
+def test_without_a_steal_clock_runs_carry_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        return Measurement("penstock", records, 1.0, records, 1.0)
+
+    monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
+    (result,) = compare(COMPARISONS[:1], reps=1, steal_clock=lambda: None)
+    assert result.penstock[0].steal_s is None
+    assert result.to_dict()["penstock_steal_s"] is None
+
+
+def test_the_compare_table_shows_steal_per_row_and_says_when_it_was_large(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        return Measurement("penstock", records, 1.0, 400_000.0, 1.0)
+
+    monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
+    readings = iter([0.0, 1.5, 1.5, 1.5, 1.5, 3.0])
+    monkeypatch.setattr(
+        compare_module, "compare", functools.partial(compare, steal_clock=lambda: next(readings))
+    )
+    status = main(["bench", "compare", "--only", "R-bytes1k", "--reps", "3", "--penstock-only"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "host steal s" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("R-bytes1k")]
+    assert row.rstrip().endswith("3.0 / -")
+    assert "The host took 3.0 s of CPU time from this machine" in out
+
+
+def test_the_cpu_latency_limit_is_written_and_held_until_the_block_ends(tmp_path: Path) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    open_before = len(os.listdir("/proc/self/fd"))
+    with cpu_latency_limit(0, device):
+        assert device.read_bytes() == struct.pack("=i", 0)
+        assert len(os.listdir("/proc/self/fd")) == open_before + 1
+    assert len(os.listdir("/proc/self/fd")) == open_before  # closed: the kernel drops it
+
+
+def test_compare_holds_the_cpu_latency_limit_during_the_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    held_during_runs: list[bytes] = []
+
+    def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        held_during_runs.append(device.read_bytes())
+        return Measurement("penstock", records, 1.0, records, 1.0)
+
+    monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
+    monkeypatch.setattr(compare_module, "CPU_DMA_LATENCY", device)
+    argv = ["bench", "compare", "--only", "R-bytes1k", "--penstock-only", "--json"]
+    assert main([*argv, "--cpu-latency-us", "20"]) == 0
+    assert held_during_runs == [struct.pack("=i", 20)] * 3
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["cpu_latency_us"] == 20
+
+
+def test_compare_stops_when_the_cpu_latency_limit_cannot_be_held(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
+        raise AssertionError("no run without the limit asked for")
+
+    monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
+    monkeypatch.setattr(compare_module, "CPU_DMA_LATENCY", tmp_path / "missing")
+    argv = ["bench", "compare", "--only", "R-bytes1k", "--penstock-only"]
+    assert main([*argv, "--cpu-latency-us", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot hold the CPU latency limit" in err
+    assert "No such file or directory" in err
+    assert main([*argv, "--cpu-latency-us", "-1"]) == 2
+    assert "must be at least 0" in capsys.readouterr().err
 
 
 def test_a_missing_harness_says_how_to_set_it_up(tmp_path: Path) -> None:

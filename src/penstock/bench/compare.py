@@ -5,22 +5,27 @@ Each workload runs on penstock and on Apache Flink (through the harness in
 (A B A B ...) so that both see the same machine, each run a fresh process. Both sides
 measure the same way: per sink subtask, from its first record to the end of its input;
 records/s is all records over the span from the earliest first record to the latest
-end. The whole-process wall time is kept beside it.
+end. The whole-process wall time is kept beside it, and so is the CPU time the host took
+from this machine during the run (Linux's ``steal``): on a virtual machine it is what
+most often makes two runs of the same code differ. ``cpu_latency_limit`` keeps idle
+CPUs from halting during the runs of both sides, which takes most of it away.
 
 Without Java or the Flink harness it says how to set them up and runs penstock alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -31,10 +36,53 @@ __all__ = [
     "FlinkHarness",
     "Measurement",
     "compare",
+    "cpu_latency_limit",
+    "host_steal_s",
     "run_penstock_once",
 ]
 
 _RESULT_PREFIX: Final = "RESULT "
+_PROC_STAT: Final = Path("/proc/stat")
+CPU_DMA_LATENCY: Final = Path("/dev/cpu_dma_latency")
+
+
+def host_steal_s(stat: Path = _PROC_STAT) -> float | None:
+    """CPU seconds the host has taken from this (virtual) machine since boot, if known.
+
+    Linux counts them in ticks in the ``steal`` column of ``/proc/stat``: time a virtual
+    CPU had work to run while the host ran something else. None where there is no such
+    file (another platform) or it cannot be read.
+    """
+    try:
+        with stat.open(encoding="ascii") as file:
+            fields = file.readline().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(fields) < 9 or fields[0] != "cpu" or not fields[8].isdigit():
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_latency_limit(limit_us: int, device: Path = CPU_DMA_LATENCY) -> Iterator[None]:
+    """Holds Linux's CPU latency limit (PM QoS) at ``limit_us`` for the whole machine.
+
+    While it holds, an idle CPU only enters idle states it can leave within the limit;
+    at 0 it polls instead of halting, as the ``latency-performance`` profile of tuned
+    arranges. On a virtual machine a halted virtual CPU goes back to the host, and waking
+    it takes the host's time, milliseconds when the host is busy: the ``steal`` of both
+    sides' runs. The limit lasts while the device is open; the kernel drops it when it
+    is closed, also when this process dies.
+
+    Raises:
+        OSError: The device is missing (not Linux) or not writable (not root).
+    """
+    descriptor = os.open(device, os.O_WRONLY)
+    try:
+        os.write(descriptor, struct.pack("=i", limit_us))
+        yield
+    finally:
+        os.close(descriptor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +150,8 @@ class Measurement:
     p99_us: float | None = None
     ok: bool = True
     error: str = ""
+    steal_s: float | None = None
+    """CPU seconds the host took from this machine during the run (None: not known)."""
 
 
 @dataclass(slots=True)
@@ -126,6 +176,11 @@ class ComparisonResult:
         values = [v for run in runs if run.ok and (v := value(run)) is not None]
         return (min(values), max(values)) if values else None
 
+    @staticmethod
+    def _steal(runs: Sequence[Measurement]) -> float | None:
+        values = [run.steal_s for run in runs if run.steal_s is not None]
+        return round(sum(values), 2) if values else None
+
     def metric(self) -> Callable[[Measurement], float | None]:
         if self.comparison.is_latency:
             return lambda run: run.p99_us
@@ -149,6 +204,8 @@ class ComparisonResult:
             "flink_median": self._median(self.flink, metric),
             "flink_range": self._range(self.flink, metric),
             "ratio": self.ratio(),
+            "penstock_steal_s": self._steal(self.penstock),
+            "flink_steal_s": self._steal(self.flink),
             "penstock_runs": [asdict(run) for run in self.penstock],
             "flink_runs": [asdict(run) for run in self.flink],
         }
@@ -319,8 +376,23 @@ def compare(
     flink: FlinkHarness | None = None,
     timeout_s: float = 300.0,
     progress: Callable[[str], None] | None = None,
+    steal_clock: Callable[[], float | None] = host_steal_s,
 ) -> list[ComparisonResult]:
-    """Runs every comparison ``reps`` times per side, alternating penstock and Flink."""
+    """Runs every comparison ``reps`` times per side, alternating penstock and Flink.
+
+    Each run carries the host's steal over it, read from ``steal_clock`` before and after.
+    """
+
+    def measured(
+        run: Callable[[Comparison, int, float], Measurement], comparison: Comparison, records: int
+    ) -> Measurement:
+        before = steal_clock()
+        measurement = run(comparison, records, timeout_s)
+        after = steal_clock()
+        if before is None or after is None:
+            return measurement
+        return replace(measurement, steal_s=round(after - before, 2))
+
     results = [ComparisonResult(comparison) for comparison in comparisons]
     for rep in range(reps):
         for result in results:
@@ -332,11 +404,11 @@ def compare(
             )
             if progress is not None:
                 progress(f"[{rep + 1}/{reps}] {comparison.id}: penstock")
-            result.penstock.append(_run_penstock_process(comparison, records, timeout_s))
+            result.penstock.append(measured(_run_penstock_process, comparison, records))
             if flink is not None:
                 if progress is not None:
                     progress(f"[{rep + 1}/{reps}] {comparison.id}: flink")
-                result.flink.append(flink.run(comparison, records, timeout_s))
+                result.flink.append(measured(flink.run, comparison, records))
     return results
 
 

@@ -697,13 +697,25 @@ def add_compare_parser(subparsers: SubParsers) -> None:
         help="the Flink harness (default: $PENSTOCK_FLINK_BENCH or ../shared/bench/flink)",
     )
     parser.add_argument("--penstock-only", action="store_true", help="do not run Flink")
+    parser.add_argument(
+        "--cpu-latency-us",
+        type=_non_negative_int,
+        default=None,
+        metavar="US",
+        help=(
+            "hold the machine's CPU latency limit (/dev/cpu_dma_latency; Linux, root) at US "
+            "during all runs of both sides; 0 keeps idle CPUs polling instead of halting, "
+            "which on a virtual machine spares the runs the host's wake-up delays"
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Runs ``bench compare`` as ``args`` asks; prints a table or JSON."""
-    from penstock.bench.compare import COMPARISONS, FlinkHarness, compare
+    from penstock.bench import compare as comparing
+    from penstock.bench.compare import COMPARISONS, FlinkHarness
 
     wanted = [item for item in args.only.split(",") if item]
     known = {comparison.id for comparison in COMPARISONS}
@@ -720,15 +732,27 @@ def run_compare(args: argparse.Namespace) -> int:
             print(f"penstock bench compare: {located} Running penstock alone.", file=sys.stderr)
         else:
             flink = located
-    results = compare(
-        selected,
-        reps=args.reps,
-        scale=args.scale,
-        flink=flink,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    limit = args.cpu_latency_us
+    with contextlib.ExitStack() as held:
+        if limit is not None:
+            try:
+                held.enter_context(comparing.cpu_latency_limit(limit, comparing.CPU_DMA_LATENCY))
+            except OSError as exc:
+                print(
+                    f"penstock bench compare: cannot hold the CPU latency limit: {exc}. "
+                    "--cpu-latency-us needs Linux and write access to it (root).",
+                    file=sys.stderr,
+                )
+                return 1
+        results = comparing.compare(
+            selected,
+            reps=args.reps,
+            scale=args.scale,
+            flink=flink,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     if args.json:
-        print_json("compare", [result.to_dict() for result in results])
+        print_json("compare", [result.to_dict() | {"cpu_latency_us": limit} for result in results])
         return 0
     rows = []
     for result in results:
@@ -741,6 +765,7 @@ def run_compare(args: argparse.Namespace) -> int:
                 _cell(data["penstock_median"], data["penstock_range"]),
                 _cell(data["flink_median"], data["flink_range"]),
                 "-" if data["ratio"] is None else f"{data['ratio']:.2f}",
+                _steal_cell(data["penstock_steal_s"], data["flink_steal_s"]),
             ]
         )
     print_table(
@@ -750,14 +775,38 @@ def run_compare(args: argparse.Namespace) -> int:
             Column("penstock median [min-max]", numeric=True),
             Column("Flink median [min-max]", numeric=True),
             Column("ratio", numeric=True),
+            Column("host steal s", numeric=True),
         ],
         rows,
         title="penstock bench compare (ratio: penstock/Flink; for latency Flink/penstock)",
     )
+    if limit is not None:
+        print(f"The CPU latency limit was held at {limit} µs during all runs.")
+    stolen = sum(
+        run.steal_s for r in results for run in (*r.penstock, *r.flink) if run.steal_s is not None
+    )
+    if stolen >= _STEAL_WORTH_MENTIONING_S:
+        print(
+            f"The host took {stolen:.1f} s of CPU time from this machine during the runs "
+            "(/proc/stat steal; penstock's runs / Flink's per row). Rows with much of it "
+            "compare less well: rerun them with --only."
+        )
     failed = [run.error for r in results for run in (*r.penstock, *r.flink) if not run.ok]
     for error in failed:
         print(f"penstock bench compare: a run failed: {error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+_STEAL_WORTH_MENTIONING_S: Final = 1.0
+
+
+def _steal_cell(penstock: object, flink: object) -> str:
+    def seconds(value: object) -> str:
+        return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+    if penstock is None and flink is None:
+        return "-"
+    return f"{seconds(penstock)} / {seconds(flink)}"
 
 
 def _cell(median: object, spread: object) -> str:
