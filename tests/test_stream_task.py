@@ -366,17 +366,25 @@ def test_a_gate_filled_while_the_consumer_lets_the_producer_run_needs_no_suspens
     """A consumer that finds its gate empty lets the producer run before it suspends.
 
     Here the producer always fills the gate in that moment (the stand-in for the yield
-    waits for it), so the consumer is never idle: it never suspends.
+    waits for it), so the consumer is never idle: it never suspends. The producer's
+    first record waits for the consumer's first yield, so that there is one.
     """
     consumers: list[Task] = []
     yields = 0
+    yielded = threading.Event()
 
     def producer_fills_the_gate() -> None:
         nonlocal yields
         yields += 1
+        yielded.set()
         consumer = consumers[0]._stream_task
         assert consumer is not None and consumer.input is not None
         consumer.input.get_available_future().result(WAIT)
+
+    def after_the_first_yield(value: int) -> int:
+        if not yielded.is_set():
+            assert yielded.wait(WAIT)
+        return value
 
     monkeypatch.setattr(stream_task, "_let_producer_run", producer_fills_the_gate)
     idle = SignallingTimer()
@@ -386,7 +394,12 @@ def test_a_gate_filled_while_the_consumer_lets_the_producer_run_needs_no_suspens
             task.metrics.idle_timer = idle
             consumers.append(task)
 
-    source = vertex("Source: Sequence Source", 1, ("Source", SequenceSourceFactory(0, 9_999)))
+    source = vertex(
+        "Source: Sequence Source",
+        1,
+        ("Source", SequenceSourceFactory(0, 9_999)),
+        ("Map", MapFactory(after_the_first_yield)),
+    )
     sink = vertex("Sink: Collect", 1, ("Sink", CollectSinkFactory()))
     graph = job(source, sink, edges=[edge(source, sink, PartitionerSpec("forward"))])
     run = start(graph, shuffle, prepare=prepare)
