@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -140,10 +141,11 @@ def test_the_compare_table_shows_steal_per_row_and_says_when_it_was_large(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
-        return Measurement("penstock", records, 1.0, 400_000.0, 1.0)
+        return Measurement("penstock", records, 1.0, 400_000.0, 10.0)
 
     monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
-    readings = iter([0.0, 1.5, 1.5, 1.5, 1.5, 3.0])
+    # Steal per 10 s run: 1.5 s and 1.5 s (disturbed), then 0.5 s (not).
+    readings = iter([0.0, 1.5, 1.5, 3.0, 3.0, 3.5])
     monkeypatch.setattr(
         compare_module, "compare", functools.partial(compare, steal_clock=lambda: next(readings))
     )
@@ -152,18 +154,29 @@ def test_the_compare_table_shows_steal_per_row_and_says_when_it_was_large(
     assert status == 0
     assert "host steal s" in out
     (row,) = [line for line in out.splitlines() if line.startswith("R-bytes1k")]
-    assert row.rstrip().endswith("3.0 / -")
-    assert "The host took 3.0 s of CPU time from this machine" in out
+    assert row.rstrip().endswith("3.5 / -")
+    assert "2 of 3 runs lost more than 10% of a CPU to the host" in out
 
 
 def test_the_cpu_latency_limit_is_written_and_held_until_the_block_ends(tmp_path: Path) -> None:
     device = tmp_path / "cpu_dma_latency"
     device.write_bytes(b"")
-    open_before = len(os.listdir("/proc/self/fd"))
     with cpu_latency_limit(0, device):
         assert device.read_bytes() == struct.pack("=i", 0)
-        assert len(os.listdir("/proc/self/fd")) == open_before + 1
-    assert len(os.listdir("/proc/self/fd")) == open_before  # closed: the kernel drops it
+        assert is_open(device)
+    assert not is_open(device)  # closed: the kernel drops the limit
+    with pytest.raises(ValueError, match="0 to 2000000000"):
+        cpu_latency_limit(-1, device).__enter__()
+
+
+def is_open(path: Path) -> bool:
+    """Whether this process holds a descriptor of ``path``."""
+    descriptors = Path("/proc/self/fd")
+    for name in os.listdir(descriptors):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed by now
+            if os.readlink(descriptors / name) == str(path):
+                return True
+    return False
 
 
 def test_compare_holds_the_cpu_latency_limit_during_the_runs(
@@ -174,7 +187,7 @@ def test_compare_holds_the_cpu_latency_limit_during_the_runs(
     held_during_runs: list[bytes] = []
 
     def run_penstock(comparison: Comparison, records: int, timeout_s: float) -> Measurement:
-        held_during_runs.append(device.read_bytes())
+        held_during_runs.append(device.read_bytes() if is_open(device) else b"closed")
         return Measurement("penstock", records, 1.0, records, 1.0)
 
     monkeypatch.setattr(compare_module, "_run_penstock_process", run_penstock)
@@ -201,6 +214,16 @@ def test_compare_stops_when_the_cpu_latency_limit_cannot_be_held(
     assert "No such file or directory" in err
     assert main([*argv, "--cpu-latency-us", "-1"]) == 2
     assert "must be at least 0" in capsys.readouterr().err
+    assert main([*argv, "--cpu-latency-us", "2000000001"]) == 2
+    assert "must be at most 2000000000" in capsys.readouterr().err
+    # A device that opens but refuses the value: its error, and the descriptor closed.
+    full = Path("/dev/full")
+    monkeypatch.setattr(compare_module, "CPU_DMA_LATENCY", full)
+    assert main([*argv, "--cpu-latency-us", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err
+    assert "root" not in err
+    assert not is_open(full)
 
 
 def test_a_missing_harness_says_how_to_set_it_up(tmp_path: Path) -> None:

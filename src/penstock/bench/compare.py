@@ -44,6 +44,8 @@ __all__ = [
 _RESULT_PREFIX: Final = "RESULT "
 _PROC_STAT: Final = Path("/proc/stat")
 CPU_DMA_LATENCY: Final = Path("/dev/cpu_dma_latency")
+MAX_CPU_LATENCY_US: Final = 2_000_000_000
+"""The largest CPU latency limit Linux takes (its default: no limit)."""
 
 
 def host_steal_s(stat: Path = _PROC_STAT) -> float | None:
@@ -75,8 +77,13 @@ def cpu_latency_limit(limit_us: int, device: Path = CPU_DMA_LATENCY) -> Iterator
     is closed, also when this process dies.
 
     Raises:
-        OSError: The device is missing (not Linux) or not writable (not root).
+        ValueError: ``limit_us`` is below 0 or above ``MAX_CPU_LATENCY_US``.
+        OSError: The device is missing (not Linux), not writable (not root), or refused
+            the value.
     """
+    if not 0 <= limit_us <= MAX_CPU_LATENCY_US:
+        msg = f"a CPU latency limit is 0 to {MAX_CPU_LATENCY_US} µs, got {limit_us}"
+        raise ValueError(msg)
     descriptor = os.open(device, os.O_WRONLY)
     try:
         os.write(descriptor, struct.pack("=i", limit_us))

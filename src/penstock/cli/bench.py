@@ -31,6 +31,7 @@ from penstock.cli._args import SubParsers, positive_int, usage_error
 from penstock.cli._output import Column, format_count, is_terminal, print_table, rich_console
 
 if TYPE_CHECKING:
+    from penstock.bench.compare import Measurement
     from penstock.bench.local_pipeline import PipelineResult
     from penstock.bench.network import NetworkBenchmark, ThroughputResult
 
@@ -550,6 +551,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _cpu_latency_us(text: str) -> int:
+    from penstock.bench.compare import MAX_CPU_LATENCY_US
+
+    value = _non_negative_int(text)
+    if value > MAX_CPU_LATENCY_US:
+        msg = f"must be at most {MAX_CPU_LATENCY_US}, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -699,7 +710,7 @@ def add_compare_parser(subparsers: SubParsers) -> None:
     parser.add_argument("--penstock-only", action="store_true", help="do not run Flink")
     parser.add_argument(
         "--cpu-latency-us",
-        type=_non_negative_int,
+        type=_cpu_latency_us,
         default=None,
         metavar="US",
         help=(
@@ -714,7 +725,7 @@ def add_compare_parser(subparsers: SubParsers) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Runs ``bench compare`` as ``args`` asks; prints a table or JSON."""
-    from penstock.bench import compare as comparing
+    import penstock.bench.compare as comparing
     from penstock.bench.compare import COMPARISONS, FlinkHarness
 
     wanted = [item for item in args.only.split(",") if item]
@@ -738,9 +749,13 @@ def run_compare(args: argparse.Namespace) -> int:
             try:
                 held.enter_context(comparing.cpu_latency_limit(limit, comparing.CPU_DMA_LATENCY))
             except OSError as exc:
+                hint = (
+                    " --cpu-latency-us needs Linux and write access to it (root)."
+                    if isinstance(exc, FileNotFoundError | PermissionError)
+                    else ""
+                )
                 print(
-                    f"penstock bench compare: cannot hold the CPU latency limit: {exc}. "
-                    "--cpu-latency-us needs Linux and write access to it (root).",
+                    f"penstock bench compare: cannot hold the CPU latency limit: {exc}.{hint}",
                     file=sys.stderr,
                 )
                 return 1
@@ -782,14 +797,14 @@ def run_compare(args: argparse.Namespace) -> int:
     )
     if limit is not None:
         print(f"The CPU latency limit was held at {limit} µs during all runs.")
-    stolen = sum(
-        run.steal_s for r in results for run in (*r.penstock, *r.flink) if run.steal_s is not None
-    )
-    if stolen >= _STEAL_WORTH_MENTIONING_S:
+    runs = [run for r in results for run in (*r.penstock, *r.flink) if run.steal_s is not None]
+    disturbed = [run for run in runs if _disturbed(run)]
+    if disturbed:
         print(
-            f"The host took {stolen:.1f} s of CPU time from this machine during the runs "
-            "(/proc/stat steal; penstock's runs / Flink's per row). Rows with much of it "
-            "compare less well: rerun them with --only."
+            f"{len(disturbed)} of {len(runs)} runs lost more than "
+            f"{_DISTURBED_SHARE:.0%} of a CPU to the host over their wall time (host steal: "
+            "CPU seconds over all CPUs, start-up included, penstock's runs / Flink's). "
+            "Their rows compare less well; rerun them with --only."
         )
     failed = [run.error for r in results for run in (*r.penstock, *r.flink) if not run.ok]
     for error in failed:
@@ -797,7 +812,13 @@ def run_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-_STEAL_WORTH_MENTIONING_S: Final = 1.0
+_DISTURBED_SHARE: Final = 0.1
+
+
+def _disturbed(run: Measurement) -> bool:
+    """Whether the host took a noticeable share of a CPU from ``run`` (its steal)."""
+    steal = run.steal_s or 0.0
+    return run.process_wall_s > 0 and steal > _DISTURBED_SHARE * run.process_wall_s
 
 
 def _steal_cell(penstock: object, flink: object) -> str:
