@@ -8,7 +8,7 @@ records/s is all records over the span from the earliest first record to the lat
 end. The whole-process wall time is kept beside it, and so is the CPU time the host took
 from this machine during the run (Linux's ``steal``): on a virtual machine it is what
 most often makes two runs of the same code differ. ``cpu_latency_limit`` keeps idle
-CPUs from halting during the runs of both sides, which takes most of it away.
+CPUs from halting during the runs of both sides, which takes much of it away.
 
 Without Java or the Flink harness it says how to set them up and runs penstock alone.
 """

@@ -551,16 +551,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _cpu_latency_us(text: str) -> int:
-    from penstock.bench.compare import MAX_CPU_LATENCY_US
-
-    value = _non_negative_int(text)
-    if value > MAX_CPU_LATENCY_US:
-        msg = f"must be at most {MAX_CPU_LATENCY_US}, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -710,7 +700,7 @@ def add_compare_parser(subparsers: SubParsers) -> None:
     parser.add_argument("--penstock-only", action="store_true", help="do not run Flink")
     parser.add_argument(
         "--cpu-latency-us",
-        type=_cpu_latency_us,
+        type=_non_negative_int,
         default=None,
         metavar="US",
         help=(
@@ -748,6 +738,8 @@ def run_compare(args: argparse.Namespace) -> int:
         if limit is not None:
             try:
                 held.enter_context(comparing.cpu_latency_limit(limit, comparing.CPU_DMA_LATENCY))
+            except ValueError as exc:
+                return usage_error("bench compare", str(exc))
             except OSError as exc:
                 hint = (
                     " --cpu-latency-us needs Linux and write access to it (root)."
