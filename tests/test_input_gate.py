@@ -668,3 +668,41 @@ def test_union_gate_close_closes_every_gate() -> None:
     assert union.get_available_future().done()
     first.close()
     second.close()
+
+
+def test_data_announced_while_the_view_is_created_survives_an_early_poll() -> None:
+    """The subpartition announces its data from inside ``create_subpartition_view``.
+
+    A consumer that polls at that moment, before the channel has its view, finds nothing
+    and drops the announcement; the channel must announce again once it can be read.
+    """
+
+    class PollAtOnceGate(SingleInputGate):
+        """Polls once from inside the first notification, as a waiting consumer may."""
+
+        early_polls: ClassVar[list[BufferOrEvent | None]] = []
+
+        def notify_channel_non_empty(self, channel: Any) -> None:
+            super().notify_channel_non_empty(channel)
+            if not self.early_polls:
+                self.early_polls.append(self.poll_next())
+
+    network_pool = NetworkBufferPool(16, SEGMENT_SIZE)
+    manager = ResultPartitionManager()
+    partition = ResultPartition.create(ResultPartitionID.generate(), 1, network_pool)
+    manager.register_result_partition(partition)
+    partition.emit_record(full_buffer_record(7), 0)  # a finished buffer, waiting
+    gate = PollAtOnceGate(owner="consumer")
+    gate.set_channels([LocalInputChannel(gate, 0, partition.partition_id, 0, manager)])
+
+    gate.request_partitions()
+
+    assert PollAtOnceGate.early_polls == [None]  # the early poll found no view yet
+    item = gate.poll_next()
+    assert item is not None and item.buffer is not None
+    assert bytes(item.buffer.memory) == full_buffer_record(7)
+    item.buffer.recycle()
+    gate.close()
+    partition.release()
+    partition.close()
+    assert network_pool.available_segments == network_pool.total_segments

@@ -76,6 +76,12 @@ class LocalInputChannel(InputChannel):
                 self.set_error(exc)
                 return
             self._view = view
+        # A subpartition that already holds data (or was released) says so from inside
+        # create_subpartition_view, before the view is published above. A consumer
+        # polling in between found nothing and dropped that notification, and the
+        # subpartition will not repeat it until its data is read: say it again.
+        if view.is_available() or view.is_released:
+            self.notify_data_available()
 
     def get_next_buffer(self) -> BufferAndAvailability | None:
         self.check_error()
