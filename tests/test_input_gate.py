@@ -18,6 +18,7 @@ from penstock.errors import (
     PartitionConsumedError,
     PartitionNotFoundError,
     ProducerFailedError,
+    TaskCancelledError,
 )
 from penstock.events import CancelCheckpointMarker, EndOfPartitionEvent
 from penstock.ids import ResultPartitionID
@@ -485,7 +486,8 @@ def test_closing_the_gate_stops_pending_retries() -> None:
     # a retry already under way may run, but finds the channel released and stops
     setup.manager.register_result_partition(setup.partition)
     assert setup.manager.requests <= requests + 1
-    assert setup.gate.poll_next() is None
+    with pytest.raises(TaskCancelledError):
+        setup.gate.poll_next()  # closed before it was ever read
     setup.close()
 
 
@@ -534,9 +536,50 @@ def test_close_releases_channels_and_wakes_waiters(setup3: Setup) -> None:
     assert all(channel.is_released for channel in gate.channels)
     # the consumer is gone: the manager released the partition
     assert setup3.partition.is_released
-    gate.notify_channel_non_empty(gate.channels[0])
-    assert gate.poll_next() is None  # a closed gate takes no more notifications
+    gate.notify_channel_non_empty(gate.channels[0])  # a closed gate takes no more
+    with pytest.raises(TaskCancelledError, match="Input gate is already closed"):
+        gate.poll_next()
     gate.close()  # idempotent
+
+
+def blocked_consumer(
+    gate: SingleInputGate | UnionInputGate,
+) -> tuple[threading.Thread, list[object]]:
+    """A thread waiting in ``gate.get_next()``; its result or error lands in the list."""
+    outcome: list[object] = []
+
+    def consume() -> None:
+        try:
+            outcome.append(gate.get_next(timeout=WAIT))
+        except TaskCancelledError as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    return consumer, outcome
+
+
+def test_closing_the_gate_ends_a_consumer_waiting_in_get_next(
+    setup3: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiting = signal_on_pending_future(monkeypatch, setup3.gate)
+    consumer, outcome = blocked_consumer(setup3.gate)
+    assert waiting.wait_for(1, WAIT)  # it found nothing and waits
+
+    setup3.gate.close()
+
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    assert waiting.wait_for(1, 0)  # woken, it did not wait on a fresh future
+    assert len(outcome) == 1 and isinstance(outcome[0], TaskCancelledError)
+
+
+def test_a_finished_gate_reads_as_finished_after_close(setup3: Setup) -> None:
+    setup3.partition.finish()
+    read_to_end(setup3.gate)
+    setup3.gate.close()
+    assert setup3.gate.poll_next() is None
+    assert setup3.gate.get_next() is None
 
 
 # -- union gate --------------------------------------------------------------------------------
@@ -666,6 +709,28 @@ def test_union_gate_close_closes_every_gate() -> None:
     assert all(channel.is_released for channel in first.gate.channels)
     assert all(channel.is_released for channel in second.gate.channels)
     assert union.get_available_future().done()
+    with pytest.raises(TaskCancelledError, match="Input gate is already closed"):
+        union.poll_next()
+    first.close()
+    second.close()
+
+
+def test_closing_a_union_gate_ends_a_consumer_waiting_in_get_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Setup(1)
+    second = Setup(1)
+    union = UnionInputGate([first.gate, second.gate])
+    union.request_partitions()
+    waiting = signal_on_pending_future(monkeypatch, union)
+    consumer, outcome = blocked_consumer(union)
+    assert waiting.wait_for(1, WAIT)
+
+    union.close()
+
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], TaskCancelledError)
     first.close()
     second.close()
 

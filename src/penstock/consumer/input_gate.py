@@ -14,6 +14,8 @@ The gate's availability future is done while the queue is non-empty; a task with
 nothing to read waits on it instead of spinning. Events are deserialized here: an
 end-of-partition event releases its channel, and when every channel has ended the gate
 is finished. A channel's failure is raised by ``poll_next()`` in order with its data.
+Reading a gate that was closed before it finished raises ``TaskCancelledError`` (as
+Flink's gate raises ``CancelTaskException``), so a task or thread waiting on it ends.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from typing import NamedTuple
 
 from penstock.buffer.buffer import Buffer, DataType
 from penstock.consumer.input_channel import InputChannel
-from penstock.errors import IllegalStateError
+from penstock.errors import IllegalStateError, TaskCancelledError
 from penstock.events import EndOfPartitionEvent, RuntimeEvent
 from penstock.memory.availability import AvailabilityHelper, complete
 from penstock.memory.local_pool import LocalBufferPool
 from penstock.serialization.event_serializer import deserialize_event
 
 __all__ = ["BufferOrEvent", "InputGate", "SingleInputGate"]
+
+CLOSED_GATE_MESSAGE = "Input gate is already closed."
+"""Raised (with ``TaskCancelledError``) by a read of a gate closed before it finished."""
 
 
 class BufferOrEvent(NamedTuple):
@@ -83,6 +88,7 @@ class InputGate:
         """Waits for the next buffer or event; None once finished (or on timeout).
 
         Raises:
+            TaskCancelledError: The gate was closed before it finished.
             PenstockError: A channel failed.
         """
         while True:
@@ -176,12 +182,15 @@ class SingleInputGate(InputGate):
         """The next buffer or event, or None if nothing is readable now.
 
         Raises:
+            TaskCancelledError: The gate was closed before it finished.
             PenstockError: The channel read failed (its error is raised as is).
         """
         while True:
             with self._lock:
                 if not self._with_data:
                     if self._num_finished < len(self.channels):
+                        if self._closed:
+                            raise TaskCancelledError(CLOSED_GATE_MESSAGE)
                         self._availability.reset_unavailable()
                     return None
                 channel = self._with_data.popleft()

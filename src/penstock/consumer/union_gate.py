@@ -7,8 +7,8 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from penstock.consumer.input_gate import BufferOrEvent, InputGate
-from penstock.errors import IllegalStateError
+from penstock.consumer.input_gate import CLOSED_GATE_MESSAGE, BufferOrEvent, InputGate
+from penstock.errors import IllegalStateError, TaskCancelledError
 from penstock.memory.availability import AvailabilityHelper, complete
 
 __all__ = ["UnionInputGate"]
@@ -38,6 +38,7 @@ class UnionInputGate(InputGate):
         self._lock = threading.Lock()
         self._with_data: deque[InputGate] = deque()
         self._enqueued: set[int] = set()
+        self._closed = False
         self._availability = AvailabilityHelper(available=False)
         for gate in self.gates:
             self._watch(gate)
@@ -59,6 +60,8 @@ class UnionInputGate(InputGate):
             with self._lock:
                 if not self._with_data:
                     if not self.is_finished():
+                        if self._closed:
+                            raise TaskCancelledError(CLOSED_GATE_MESSAGE)
                         self._availability.reset_unavailable()
                     return None
                 gate = self._with_data.popleft()
@@ -95,6 +98,7 @@ class UnionInputGate(InputGate):
         for gate in self.gates:
             gate.close()
         with self._lock:
+            self._closed = True
             pending = self._availability.get_unavailable_to_reset_available()
         complete(pending)
 
