@@ -260,8 +260,13 @@ def test_emit_record_to_a_target_past_the_end_raises() -> None:
 def test_emit_record_negative_target_raises() -> None:
     network, partition, _ = make()
     try:
-        with pytest.raises((IllegalStateError, IndexError)):
+        with pytest.raises(IllegalStateError, match="out of range"):
             partition.emit_record(b"x", -1)
+        partition.emit_record(b"y", partition.num_subpartitions - 1)  # its builder stays open
+        with pytest.raises(IllegalStateError, match="out of range"):
+            partition.emit_record(b"x", -1)  # not into the last subpartition's builder
+        builder = partition.unicast_builders[-1]
+        assert builder is not None and builder.position == 1
     finally:
         release_and_check(network, partition)
 

@@ -152,7 +152,9 @@ class ResultPartition:
         """
         if self._released:
             self._check_writable()
-        builder = self._unicast[target]
+        # A negative target must not wrap around to an open builder: it is range-checked
+        # with the others when a builder is requested for it.
+        builder = self._unicast[target] if target >= 0 else None
         if builder is None:
             builder = self._new_unicast_builder(target)
         written = builder.append(record)
