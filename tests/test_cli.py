@@ -576,6 +576,29 @@ def test_run_ships_the_modules_beside_the_job_file(
     assert "total 15150" in capsys.readouterr().out
 
 
+def test_a_job_file_sees_itself_alone_in_sys_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "parses_its_command_line.py"
+    job_file.write_text(
+        "import argparse, sys\n"
+        "print('argv', sys.argv)\n"
+        "parser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--n', type=int, default=10)\n"
+        "n = parser.parse_args().n\n"
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "print('total', sum(env.from_sequence(1, n).execute_and_collect()))\n"
+    )
+    argv = ["penstock", "run", str(job_file), *LOCAL]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert main(argv[1:]) == 0
+    out = capsys.readouterr().out
+    assert f"argv {[str(job_file)]}" in out
+    assert "total 55" in out
+    assert sys.argv == argv  # restored
+
+
 def test_run_of_a_file_that_runs_no_job_exits_1_with_the_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -169,13 +169,17 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
 
 
 def _run_job_file(path: Path) -> None:
-    # The job file's directory comes first on the path, as with ``python JOB.py``, so
-    # that it can import its neighbours.
+    # As with ``python JOB.py``: the job file's directory comes first on the path, so
+    # that it can import its neighbours, and sys.argv is the file alone (not penstock's
+    # own arguments, which a job parsing its command line would reject).
     directory = str(path.resolve().parent)
     sys.path.insert(0, directory)
+    saved_argv = sys.argv
+    sys.argv = [str(path)]
     try:
         runpy.run_path(str(path), run_name="__main__")
     finally:
+        sys.argv = saved_argv
         with contextlib.suppress(ValueError):
             sys.path.remove(directory)
 
