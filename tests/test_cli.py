@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from cluster_helpers import WAIT_S, child_pids, is_alive
 from penstock import __version__
 from penstock.cli import main
-from penstock.cli._output import Column, plain_table
+from penstock.cli._output import Column, plain_table, rich_table
 from penstock.cli.job_view import JobView, VertexTracker, back_pressure_level, vertex_name
 from penstock.examples import EXAMPLES, load_example
 from penstock.ids import JobID
@@ -516,6 +517,31 @@ def test_plain_view_prints_a_line_per_vertex_and_a_summary() -> None:
         "B": ["1", "30", "0", "OK", "0.0 s"],
     }
     assert view.peak_levels == {"A": "HIGH", "B": "OK"}
+
+
+def test_live_view_shows_brackets_in_names_as_text() -> None:
+    # rich would take "[/tmp]" for a closing tag and fail; a name is text.
+    from rich.console import Console
+
+    name = "Map: drop [/tmp] and [bold]paths[/bold] (1/1)"
+    update = dataclasses.replace(make_update(1000, {name: (0, 10, 900)}), job_name="clean [/] up")
+    view = JobView(io.StringIO(), live=False)
+    view.on_update(update)
+    drawn = io.StringIO()
+    Console(file=drawn, width=200).print(view._render(update))  # what the live view draws
+    assert "Map: drop [/tmp] and [bold]paths[/bold]" in drawn.getvalue()
+    assert "clean [/] up" in drawn.getvalue()
+    assert "HIGH" in drawn.getvalue()  # the level keeps its style markup
+
+
+def test_rich_table_shows_brackets_in_cells_and_title_as_text() -> None:
+    from rich.console import Console
+
+    table = rich_table([Column("name"), Column("n", numeric=True)], [["a [/x] b", "1"]], "t [/]")
+    stream = io.StringIO()
+    Console(file=stream, width=80).print(table)
+    assert "a [/x] b" in stream.getvalue()
+    assert "t [/]" in stream.getvalue()
 
 
 def test_plain_table_aligns_numbers_right() -> None:

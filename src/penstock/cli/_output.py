@@ -83,12 +83,17 @@ def rich_console(stream: TextIO | None = None) -> Console:
 def rich_table(
     columns: Sequence[Column], rows: Sequence[Sequence[str]], title: str | None = None
 ) -> Table:
-    """The rows as a rich table, compact enough for 80 columns."""
+    """The rows as a rich table, compact enough for 80 columns.
+
+    Cells and title are shown as they are: text in brackets (a job's or an operator's
+    name may hold some) is not taken for rich markup.
+    """
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
-        title=title,
+        title=None if title is None else escape(title),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -99,7 +104,7 @@ def rich_table(
             column.header, justify="right" if column.numeric else "left", no_wrap=column.numeric
         )
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     return table
 
 

@@ -334,10 +334,12 @@ class JobView:
 
     def _render(self, update: JobMetricsUpdate) -> Table:
         from rich import box
+        from rich.markup import escape
         from rich.table import Table
 
+        # Names are the user's: brackets in them are text, not markup.
         table = Table(
-            title=f"{update.job_name}  {update.elapsed_ms / 1000:.0f} s",
+            title=f"{escape(update.job_name)}  {update.elapsed_ms / 1000:.0f} s",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
@@ -351,7 +353,7 @@ class JobView:
                 ratio=1 if index == 0 else None,
             )
         for row in self.rows:
-            cells = _live_cells(row)
+            cells = [escape(cell) for cell in _live_cells(row)]
             cells[4] = f"[{_LEVEL_STYLES[row.level]}]{cells[4]}[/]"
             table.add_row(*cells)
         return table
