@@ -109,6 +109,11 @@ def test_output_pool_size_is_flinks() -> None:
     assert output_pool_size(3, buffers_per_channel=4, floating_buffers_per_gate=1) == (4, 13)
 
 
+def test_output_pool_size_never_has_a_maximum_below_its_minimum() -> None:
+    assert output_pool_size(1, buffers_per_channel=1, floating_buffers_per_gate=0) == (2, 2)
+    assert output_pool_size(12, buffers_per_channel=0, floating_buffers_per_gate=8) == (13, 13)
+
+
 def test_create_sizes_the_pool_and_caps_channels() -> None:
     network = NetworkBufferPool(100, 32)
     partition = ResultPartition.create(

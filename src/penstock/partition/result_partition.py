@@ -63,11 +63,15 @@ def output_pool_size(
     buffers_per_channel: int = 2,
     floating_buffers_per_gate: int = 8,
 ) -> tuple[int, int]:
-    """Flink's (min, max) pool size of a pipelined-bounded result partition."""
-    return (
-        num_subpartitions + 1,
-        num_subpartitions * buffers_per_channel + floating_buffers_per_gate,
-    )
+    """Flink's (min, max) pool size of a pipelined-bounded result partition.
+
+    The minimum, one buffer per subpartition and one more, holds whatever the buffer
+    settings say: with few (or no) buffers per channel and few floating ones, the
+    maximum is raised to it, as in Flink.
+    """
+    minimum = num_subpartitions + 1
+    maximum = num_subpartitions * buffers_per_channel + floating_buffers_per_gate
+    return minimum, max(minimum, maximum)
 
 
 class ResultPartition:
