@@ -241,7 +241,9 @@ def test_a_producer_failure_reported_after_its_consumers_symptom_is_the_cause(
 
 
 @pytest.mark.parametrize(
-    "job_manager", [{"config": {"heartbeat.timeout": "300 ms"}}], indirect=True
+    "job_manager",
+    [{"config": {"heartbeat.timeout": "300 ms", "heartbeat.interval": "100 ms"}}],
+    indirect=True,
 )
 def test_a_silent_task_manager_is_lost_after_the_heartbeat_timeout(job_manager: JobManager) -> None:
     tm = FakeTaskManager(job_manager, "silent", 2, 7001).register()

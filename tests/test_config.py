@@ -930,6 +930,28 @@ class TestNetworkMemory:
         assert "2 gb" in info.value.reason and "1 gb" in info.value.reason
 
 
+class TestHeartbeatTimeout:
+    def test_default_and_equal_to_the_interval(self) -> None:
+        assert cfg.heartbeat_timeout_ms(Configuration()) == 50_000
+        config = Configuration({"heartbeat.interval": "2 s", "heartbeat.timeout": "2 s"})
+        assert cfg.heartbeat_timeout_ms(config) == 2000
+
+    def test_shorter_than_the_interval_names_both_keys(self) -> None:
+        # Every peer would count as lost between two of its heartbeats.
+        config = Configuration({"heartbeat.timeout": "800 ms"})
+        with pytest.raises(ConfigurationError) as info:
+            cfg.heartbeat_timeout_ms(config)
+        assert info.value.key == "heartbeat.timeout"
+        assert info.value.value == 800
+        assert "heartbeat.interval (10000 ms)" in info.value.reason
+
+    def test_a_job_manager_refuses_it(self) -> None:
+        from penstock.runtime.jobmanager import JobManager
+
+        with pytest.raises(ConfigurationError, match=r"heartbeat\.timeout"):
+            JobManager(Configuration({"heartbeat.timeout": "800 ms"}))
+
+
 class TestShuffleOptions:
     def test_defaults(self) -> None:
         options = ShuffleOptions.from_configuration(Configuration())

@@ -102,6 +102,7 @@ from penstock.config.parsers import (
 from penstock.config.shuffle_options import (
     ShuffleOptions,
     compute_default_max_parallelism,
+    heartbeat_timeout_ms,
     network_memory_bytes,
     resolve_max_parallelism,
 )
@@ -158,6 +159,7 @@ __all__ = [
     "float_parser",
     "format_duration",
     "format_size",
+    "heartbeat_timeout_ms",
     "int_parser",
     "lookup_option",
     "network_memory_bytes",

@@ -3,7 +3,8 @@
 ``ShuffleOptions`` gathers a TaskManager's network-stack settings (Flink's
 NettyShuffleEnvironment), with the number of network buffers derived by
 ``network_memory_bytes``. ``compute_default_max_parallelism`` and
-``resolve_max_parallelism`` derive an operator's maximum parallelism as Flink does.
+``resolve_max_parallelism`` derive an operator's maximum parallelism as Flink does, and
+``heartbeat_timeout_ms`` checks the heartbeat timeout against its interval.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from penstock.config.options import (
     DETAILED_METRICS,
     FLINK_MEMORY_SIZE,
     FLOATING_BUFFERS_PER_GATE,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
     MAX_BUFFERS_PER_CHANNEL,
     MAX_OVERDRAFT_BUFFERS_PER_GATE,
     MAX_PARALLELISM,
@@ -46,6 +49,7 @@ from penstock.errors import ConfigurationError
 __all__ = [
     "ShuffleOptions",
     "compute_default_max_parallelism",
+    "heartbeat_timeout_ms",
     "network_memory_bytes",
     "resolve_max_parallelism",
 ]
@@ -82,6 +86,24 @@ def resolve_max_parallelism(config: Configuration, parallelism: int | None = Non
         )
         raise ConfigurationError(MAX_PARALLELISM.key, configured, reason)
     return configured
+
+
+def heartbeat_timeout_ms(config: Configuration) -> int:
+    """``heartbeat.timeout``, checked against ``heartbeat.interval`` as Flink checks it.
+
+    Raises:
+        ConfigurationError: The timeout is shorter than the interval: every peer would
+            count as lost between two of its heartbeats.
+    """
+    timeout = config.get(HEARTBEAT_TIMEOUT)
+    interval = config.get(HEARTBEAT_INTERVAL)
+    if timeout < interval:
+        reason = (
+            f"the heartbeat timeout ({timeout} ms) must be greater than or equal to "
+            f"{HEARTBEAT_INTERVAL.key} ({interval} ms)"
+        )
+        raise ConfigurationError(HEARTBEAT_TIMEOUT.key, timeout, reason)
+    return timeout
 
 
 def network_memory_bytes(config: Configuration) -> int:

@@ -48,6 +48,7 @@ from penstock.config import (
     NUMBER_OF_TASK_SLOTS,
     Configuration,
     ShuffleOptions,
+    heartbeat_timeout_ms,
 )
 from penstock.errors import ClusterError, JobExecutionError
 from penstock.ids import JobID
@@ -455,6 +456,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     # key before any process starts instead of killing TaskManagers on the way up.
     ShuffleOptions.from_configuration(merged)
     SslOptions.from_configuration(merged)
+    heartbeat_timeout_ms(merged)
     _ship_script_neighbours()
     on_submit = _SUBMIT_OBSERVER.get()
     if on_submit is not None:

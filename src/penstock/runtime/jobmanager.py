@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
 
-from penstock.config import HEARTBEAT_TIMEOUT, Configuration
+from penstock.config import Configuration, heartbeat_timeout_ms
 from penstock.errors import ClusterError, IllegalStateError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
@@ -264,6 +264,9 @@ class JobManager:
         slot_request_timeout_s: How long a job waits for enough slots.
         cancel_timeout_s: How long a failing job waits for its tasks to stop.
         name: Names the main thread and log lines.
+
+    Raises:
+        ConfigurationError: ``heartbeat.timeout`` is shorter than ``heartbeat.interval``.
     """
 
     def __init__(
@@ -275,7 +278,7 @@ class JobManager:
     ) -> None:
         self.config = Configuration(config)
         self.name = name
-        self._heartbeat_timeout_s = self.config.get(HEARTBEAT_TIMEOUT) / 1000
+        self._heartbeat_timeout_s = heartbeat_timeout_ms(self.config) / 1000
         self._slot_request_timeout_s = slot_request_timeout_s
         self._cancel_timeout_s = cancel_timeout_s
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
