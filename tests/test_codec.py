@@ -87,7 +87,7 @@ def buffer_responses(draw: st.DrawFn, max_size: int = 600) -> BufferResponse:
         draw(naturals),
         draw(naturals),
         draw(naturals),
-        draw(st.sampled_from(DataType)),
+        draw(st.sampled_from([kind for kind in DataType if kind is not DataType.NONE])),
         draw(st.booleans()),
         len(payload),
         payload,
@@ -386,6 +386,8 @@ def test_encode_refuses_what_it_cannot_send() -> None:
         encode_buffer_response_header(receiver, 0, 0, -1, DataType.DATA_BUFFER, False, 0)
     with pytest.raises(LocalProtocolError):
         encode_buffer_response_header(receiver, 0, 0, 0, DataType.DATA_BUFFER, False, 2**31)
+    with pytest.raises(LocalProtocolError, match="NONE"):
+        encode_buffer_response_header(receiver, 0, 0, 0, DataType.NONE, False, 0)
 
 
 # -- decoding: round trips under every chunking --------------------------------------------
@@ -639,6 +641,8 @@ def test_the_largest_allowed_frames_pass() -> None:
         (raw_buffer_response(sequence=-3), "negative"),
         (raw_buffer_response(subpartition=-3), "negative"),
         (raw_buffer_response(data_type=12), "unknown data type 12"),
+        # NONE means "nothing next" inside a channel: a buffer of it would stall the gate.
+        (raw_buffer_response(data_type=0), "unknown data type 0"),
         (raw_buffer_response(data_type=-1), "unknown data type -1"),
         (raw_buffer_response(compressed=2), "not a bool"),
         (frame(6, struct.pack(">iqq", 0, 1, 2)), "credit"),

@@ -111,7 +111,8 @@ _CHANNEL_ID_LENGTH: Final = InputChannelID.SIZE
 _PARTITION_REQUEST_LENGTH: Final = _PARTITION_ID_LENGTH + _PARTITION_REQUEST_TAIL.size
 _TASK_EVENT_FIXED_LENGTH: Final = _INT.size + _PARTITION_ID_LENGTH + _CHANNEL_ID_LENGTH
 
-_DATA_TYPES: Final = {int(data_type): data_type for data_type in DataType}
+# NONE is what a channel says when nothing follows its buffer, never a buffer's own type.
+_DATA_TYPES: Final = {int(kind): kind for kind in DataType if kind is not DataType.NONE}
 _CREDITED_TYPES: Final = {int(kind): kind for kind in DataType if kind.is_buffer}
 # Every frame names a receiver, and a connection serves a bounded set of channels: reusing
 # their ids is several times cheaper than building a frozen id per frame.
@@ -168,10 +169,12 @@ def encode_buffer_response_header(
         and 0 <= subpartition_id <= INT32_MAX
         and 0 <= sequence_number <= INT32_MAX
         and 0 <= backlog <= INT32_MAX
+        and data_type is not DataType.NONE
     ):
         msg = (
             f"cannot encode a BufferResponse with size={size}, subpartition_id="
-            f"{subpartition_id}, sequence_number={sequence_number}, backlog={backlog}"
+            f"{subpartition_id}, sequence_number={sequence_number}, backlog={backlog}, "
+            f"data_type={data_type!r}"
         )
         raise LocalProtocolError(msg)
     try:
