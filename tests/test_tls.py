@@ -13,7 +13,8 @@ from typing import Final, cast
 import pytest
 
 from penstock.config import Configuration
-from penstock.errors import ConfigurationError, IllegalStateError
+from penstock.errors import ConfigurationError, IllegalStateError, RemoteTransportError
+from penstock.shuffle import ShuffleEnvironment
 from penstock.transport.tls import SslOptions, client_context, server_context
 from tls_certs import (
     CertificateAuthority,
@@ -556,3 +557,55 @@ def test_bad_truststore_names_key_and_path(
 
     error = expect_error(make_context, options, "security.ssl.internal.truststore", cause)
     assert str(path) in str(error)
+
+
+# --------------------------------------------------------------------------------------
+# The handshake timeout on the data plane
+# --------------------------------------------------------------------------------------
+
+
+def tls_environment(pki: Pki, handshake_timeout: str) -> ShuffleEnvironment:
+    """A started network stack with TLS on and the given handshake timeout."""
+    config = Configuration(
+        {
+            "taskmanager.memory.network.min": "4 mb",
+            "taskmanager.memory.network.max": "4 mb",
+            "security.ssl.internal.enabled": "true",
+            "security.ssl.internal.keystore": str(pki.server.combined),
+            "security.ssl.internal.truststore": str(pki.ca.cert),
+            "security.ssl.internal.handshake-timeout": handshake_timeout,
+            # Far longer than the handshake timeout: a connect must end by the latter.
+            "taskmanager.network.netty.client.connectTimeoutSec": 30,
+        }
+    )
+    env = ShuffleEnvironment.from_configuration(config, name="tls")
+    env.start()
+    return env
+
+
+def test_the_data_port_drops_a_client_that_never_starts_the_handshake(pki: Pki) -> None:
+    env = tls_environment(pki, "200 ms")
+    try:
+        with socket.create_connection(env.data_address, timeout=TIMEOUT_S) as silent:
+            try:
+                closed = silent.recv(1) == b""  # asyncio's default would hold it 60 s
+            except ConnectionResetError:
+                closed = True
+        assert closed
+    finally:
+        env.close()
+
+
+def test_a_connection_to_a_peer_that_never_answers_the_handshake_ends_at_its_timeout(
+    pki: Pki,
+) -> None:
+    env = tls_environment(pki, "200 ms")
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts, never answers
+        try:
+            with pytest.raises(RemoteTransportError) as info:
+                env.connection_manager.create_partition_request_client(mute.getsockname())
+            # The handshake timed out, not the 30 s connect timeout.
+            assert not isinstance(info.value.__cause__, TimeoutError)
+            assert "handshake" in str(info.value.__cause__)
+        finally:
+            env.close()

@@ -106,12 +106,14 @@ class ShuffleEnvironment:
             host=options.host,
             port=options.data_port,
             ssl_context=server_context(self.ssl) if self.ssl.enabled else None,
+            ssl_handshake_timeout_s=self.ssl.handshake_timeout_s,
             partition_request_timeout_s=options.partition_request_timeout_ms / 1000,
         )
         self.connection_manager = ConnectionManager(
             self.loop_thread,
             options.segment_size,
             ssl_context=client_context(self.ssl) if self.ssl.enabled else None,
+            ssl_handshake_timeout_s=self.ssl.handshake_timeout_s,
             connect_timeout_s=options.connect_timeout_ms / 1000,
             retries=options.retries,
         )

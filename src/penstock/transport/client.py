@@ -243,6 +243,9 @@ class NettyPartitionRequestClient:
                     host,
                     port,
                     ssl=ssl_context,
+                    ssl_handshake_timeout=(
+                        self.manager.ssl_handshake_timeout_s if ssl_context else None
+                    ),
                 )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             msg = (
@@ -421,6 +424,8 @@ class ConnectionManager:
         loop_thread: The TaskManager's network loop.
         max_buffer_size: The segment size: the largest payload a response may carry.
         ssl_context: Client-side TLS context (mutual authentication), or None.
+        ssl_handshake_timeout_s: How long a TLS handshake may take
+            (``security.ssl.internal.handshake-timeout``).
         connect_timeout_s: ``taskmanager.network.netty.client.connectTimeoutSec``: the
             limit of one attempt; 0 sets none.
         retries: ``taskmanager.network.retries``: attempts after a first that failed.
@@ -431,12 +436,14 @@ class ConnectionManager:
         loop_thread: EventLoopThread,
         max_buffer_size: int,
         ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout_s: float = 10.0,
         connect_timeout_s: float = 120.0,
         retries: int = 0,
     ) -> None:
         self.loop_thread = loop_thread
         self.max_buffer_size = max_buffer_size
         self.ssl_context = ssl_context
+        self.ssl_handshake_timeout_s = ssl_handshake_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retries = retries
         self._clients: dict[ConnectionID, asyncio.Future[NettyPartitionRequestClient]] = {}

@@ -489,6 +489,8 @@ class NettyServer:
         host: Address to bind (loopback by default).
         port: Port to bind; 0 picks a free one (``taskmanager.data.port``).
         ssl_context: Server-side TLS context (mutual authentication), or None.
+        ssl_handshake_timeout_s: How long a TLS handshake may take
+            (``security.ssl.internal.handshake-timeout``).
         partition_request_timeout_s: How long a request waits for its partition.
         idle_timeout_s: How long a connection without readers may stay silent.
     """
@@ -501,6 +503,7 @@ class NettyServer:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout_s: float = 10.0,
         partition_request_timeout_s: float = 10.0,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         write_high_water_mark: int | None = None,
@@ -512,6 +515,7 @@ class NettyServer:
         self.host = host
         self.requested_port = port
         self.ssl_context = ssl_context
+        self.ssl_handshake_timeout_s = ssl_handshake_timeout_s
         self.partition_request_timeout_s = partition_request_timeout_s
         self.idle_timeout_s = idle_timeout_s
         # Writing stops once more than one buffer (frame included) waits in the
@@ -533,6 +537,7 @@ class NettyServer:
             self.host,
             self.requested_port,
             ssl=self.ssl_context,
+            ssl_handshake_timeout=self.ssl_handshake_timeout_s if self.ssl_context else None,
             reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
