@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -309,3 +311,58 @@ def test_connect_timeout_zero_means_no_limit(loop_thread: EventLoopThread) -> No
         client = manager.create_partition_request_client(listener.getsockname()[:2])
         assert client.connection is not None
         loop_thread.run(manager.close(), timeout=10)
+
+
+def held_connects(
+    monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> tuple[threading.Event, threading.Event]:
+    """Holds every connect until released; (entered, release). ``fail``: then refuse it."""
+    connect = NettyPartitionRequestClient.connect
+    entered, release = threading.Event(), threading.Event()
+
+    async def held(
+        client: NettyPartitionRequestClient, ssl_context: object, timeout_s: float
+    ) -> None:
+        entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        if fail:
+            raise RemoteTransportError("refused", client.address)
+        await connect(client, None, timeout_s)
+
+    monkeypatch.setattr(NettyPartitionRequestClient, "connect", held)
+    return entered, release
+
+
+def test_a_connect_that_completes_after_close_is_closed_and_refused(
+    loop_thread: EventLoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = held_connects(monkeypatch, fail=False)
+    with socket.create_server(("127.0.0.1", 0)) as listener, ThreadPoolExecutor(1) as pool:
+        manager = ConnectionManager(loop_thread, 32 * 1024)
+        pending = pool.submit(manager.create_partition_request_client, listener.getsockname()[:2])
+        assert entered.wait(10)
+        loop_thread.run(manager.close(), timeout=10)  # the TaskManager shuts down
+        release.set()
+        with pytest.raises(RemoteTransportError, match="shut down while connecting"):
+            pending.result(10)
+        # Nobody owns the connection it made: it was closed, the peer sees the end.
+        peer, _ = listener.accept()
+        with peer:
+            peer.settimeout(10)
+            while peer.recv(4096):  # a CloseRequest, then the end of the stream
+                pass
+    assert manager.number_of_connections == 0
+
+
+def test_a_connect_that_fails_after_close_raises_its_transport_error(
+    loop_thread: EventLoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = held_connects(monkeypatch, fail=True)
+    with ThreadPoolExecutor(1) as pool:
+        manager = ConnectionManager(loop_thread, 32 * 1024)
+        pending = pool.submit(manager.create_partition_request_client, refusing_address())
+        assert entered.wait(10)
+        loop_thread.run(manager.close(), timeout=10)
+        release.set()
+        with pytest.raises(RemoteTransportError, match="refused"):
+            pending.result(10)

@@ -471,8 +471,14 @@ class ConnectionManager:
             client = NettyPartitionRequestClient(self, address, self.loop_thread)
             try:
                 await self._connect(client)
+                if self._closed:
+                    # close() ran while this connect was under way and did not see it.
+                    await self._discard(client)
+                    msg = "the connection manager was shut down while connecting"
+                    raise RemoteTransportError(msg, f"{address[0]}:{address[1]}")
             except BaseException as exc:
-                del self._clients[address]
+                if self._clients.get(address) is future:  # close() may have cleared it
+                    del self._clients[address]
                 future.set_exception(exc)
                 future.exception()  # retrieved: concurrent waiters re-raise it themselves
                 raise
@@ -498,6 +504,13 @@ class ConnectionManager:
                     client.address,
                     exc.__cause__ or exc,
                 )
+
+    @staticmethod
+    async def _discard(client: NettyPartitionRequestClient) -> None:
+        """Closes a connection nobody will use, and waits until it is closed."""
+        client.close()
+        if (connection := client.connection) is not None:
+            await close_connections([connection])
 
     def forget(self, client: NettyPartitionRequestClient) -> None:
         """Drops a closed or failed connection so the next request reconnects."""
