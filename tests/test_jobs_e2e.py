@@ -552,6 +552,18 @@ def test_closing_the_collect_iterator_cancels_the_job() -> None:
     assert child_pids() - before == set()
 
 
+def test_closing_the_collect_iterator_before_reading_cancels_the_job() -> None:
+    before = child_pids()
+    env = cluster_env()
+    iterator = env.from_sequence(0, 10**15).map(lambda v: v).execute_and_collect("never read")
+    assert len(child_pids() - before) == 2  # submitted: the TaskManagers run it
+
+    assert isinstance(iterator, Generator)
+    iterator.close()
+
+    assert child_pids() - before == set()
+
+
 # -- failures and configuration -------------------------------------------------------
 
 

@@ -628,15 +628,21 @@ def execute_and_collect(
     """
     observer = _OBSERVER.get()
     session = open_session(job, config, metrics=observer is not None)
-    return _collect(session, limit, observer)
+    records = _collect(session, limit, observer)
+    # Into its try block at once: a generator closed (or dropped) before it ever ran
+    # skips its finally, and the job would run on with nobody reading.
+    next(records)
+    return records
 
 
 def _collect(
     session: JobSession, limit: int | None, observer: MetricsObserver | None
 ) -> Iterator[object]:
+    """The records of ``session``; the first item yielded is a placeholder to skip."""
     count = 0
     ended = False
     try:
+        yield None  # taken by execute_and_collect, so that closing from here on cancels
         if limit is not None and limit <= 0:
             return
         while True:
