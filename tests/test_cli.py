@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -727,3 +728,19 @@ def test_run_failed_job_prints_the_notes_of_a_cause_without_frames(
 
     assert "Caused by builtins.ValueError: bad row" in err
     assert "while parsing line 3" in err  # the cause was never raised, but has a note
+
+
+def test_taskmanager_with_a_data_port_in_use_exits_2_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENSTOCK_CLUSTER_SECRET", "a key")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = main(
+            ["taskmanager", "--jobmanager", "127.0.0.1:1", "-D", f"taskmanager.data.port={port}"]
+        )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"taskmanager.data.port={port}" in err
+    assert "Address already in use" in err
+    assert "Traceback" not in err

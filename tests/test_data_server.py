@@ -28,6 +28,7 @@ from penstock.consumer.input_gate import SingleInputGate
 from penstock.consumer.remote_channel import RemoteInputChannel
 from penstock.errors import (
     BufferReorderingError,
+    ConfigurationError,
     PartitionNotFoundError,
     PartitionReleasedError,
     RemoteError,
@@ -1107,3 +1108,46 @@ def test_a_producer_sends_its_flushed_buffer_itself_while_the_network_thread_is_
     peer.close()
     partition.close()
     assert_all_segments_returned(env)
+
+
+# -- binding the data port -----------------------------------------------------------------
+
+
+def test_a_data_port_in_use_is_a_configuration_error_naming_the_key() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = Configuration(
+            {
+                "taskmanager.memory.network.min": NETWORK_MEMORY,
+                "taskmanager.memory.network.max": NETWORK_MEMORY,
+                "taskmanager.data.port": port,
+            }
+        )
+        env = ShuffleEnvironment.from_configuration(config)
+        try:
+            with pytest.raises(ConfigurationError) as info:
+                env.start()
+        finally:
+            env.close()
+    assert info.value.key == "taskmanager.data.port"
+    assert info.value.value == port
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_a_host_that_is_not_an_address_here_is_a_configuration_error_naming_the_key() -> None:
+    config = Configuration(
+        {
+            "taskmanager.memory.network.min": NETWORK_MEMORY,
+            "taskmanager.memory.network.max": NETWORK_MEMORY,
+            "taskmanager.host": "192.0.2.1",  # TEST-NET-1: never assigned to a host
+        }
+    )
+    env = ShuffleEnvironment.from_configuration(config)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            env.start()
+    finally:
+        env.close()
+    assert info.value.key == "taskmanager.host"
+    assert info.value.value == "192.0.2.1"

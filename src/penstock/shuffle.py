@@ -16,16 +16,18 @@ the pool.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass
 from typing import Final
 
-from penstock.config import Configuration, ShuffleOptions
+from penstock.config import DATA_PORT, TASKMANAGER_HOST, Configuration, ShuffleOptions
 from penstock.consumer.input_channel import InputChannel
 from penstock.consumer.input_gate import SingleInputGate
 from penstock.consumer.local_channel import LocalInputChannel
 from penstock.consumer.remote_channel import ConnectionID, RemoteInputChannel
-from penstock.errors import IllegalStateError
+from penstock.errors import ConfigurationError, IllegalStateError
 from penstock.ids import ResultPartitionID
 from penstock.memory.network_pool import NetworkBufferPool
 from penstock.partition.manager import ResultPartitionManager
@@ -132,14 +134,31 @@ class ShuffleEnvironment:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> ConnectionID:
-        """Starts the network thread and the data server; returns the data address."""
+        """Starts the network thread and the data server; returns the data address.
+
+        Raises:
+            ConfigurationError: The data port cannot be bound: ``taskmanager.data.port``
+                is taken, or ``taskmanager.host`` is not an address of this host.
+        """
         if self._started:
             return self.data_address
         self._started = True
         self.loop_thread.start()
-        self.loop_thread.run(self.server.start())
+        try:
+            self.loop_thread.run(self.server.start())
+        except OSError as exc:  # socket.gaierror too: a host name that does not resolve
+            raise self._bind_error(exc) from exc
         log.info("%s: network stack up, data port %s:%d", self.name, *self.data_address)
         return self.data_address
+
+    def _bind_error(self, error: OSError) -> ConfigurationError:
+        host, port = self.server.host, self.server.requested_port
+        # asyncio words the error with the address already; the system's words suffice.
+        detail = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
+        reason = f"cannot bind the data port on {host}:{port}: {detail}"
+        if port and error.errno == errno.EADDRINUSE:
+            return ConfigurationError(DATA_PORT.key, port, reason)
+        return ConfigurationError(TASKMANAGER_HOST.key, host, reason)
 
     @property
     def data_address(self) -> ConnectionID:

@@ -126,7 +126,7 @@ def jobmanager_command(args: argparse.Namespace) -> int:
 def taskmanager_command(args: argparse.Namespace) -> int:
     """Runs ``penstock taskmanager``; returns the exit status."""
     from penstock.config import Configuration
-    from penstock.errors import PenstockError
+    from penstock.errors import ConfigurationError, PenstockError
     from penstock.runtime.control import load_secret, parse_address
     from penstock.runtime.taskmanager import run_task_manager
 
@@ -139,6 +139,8 @@ def taskmanager_command(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_task_manager(address, secret, config, args.slots)
+    except ConfigurationError as exc:  # found on the way up: a data port it cannot bind
+        return usage_error("taskmanager", str(exc))
     except PenstockError as exc:
         print(f"penstock taskmanager: {exc}", file=sys.stderr)
         return 1
