@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from penstock.bench import network
 from penstock.bench.network import PRESETS
 from penstock.cli import main
 from penstock.cli.bench import DEFAULT_PRESET, PRESET_NAMES
@@ -235,3 +237,20 @@ def test_latency_table_with_local_channels(capsys: pytest.CaptureFixture[str]) -
     assert lines[0] == "penstock bench network-latency (5000 records/s, local channels)"
     assert lines[1].split() == ["timeout", "SSL", "samples", "p50", "µs", "p99", "µs", "max", "µs"]
     assert lines[3].split()[:4] == ["1", "ms", "no", "180"]
+
+
+def sender_that_exits_at_once(benchmark: object, connection: object) -> None:
+    """Stands in for the sender process's main: it dies before saying anything."""
+    os._exit(3)
+
+
+def test_a_sender_process_that_dies_is_reported_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The spawned process imports this module to find the function by name.
+    monkeypatch.setattr(network, "_sender_main", sender_that_exits_at_once)
+    status = main(["bench", "network-throughput", "--records", "1000"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "the sender process ended (exit status 3)" in err
+    assert "Traceback" not in err

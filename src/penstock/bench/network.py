@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from penstock.config import Configuration
 from penstock.consumer.input_gate import InputGate, SingleInputGate
@@ -301,6 +302,22 @@ def _receive(gate: InputGate, serializer: TypeSerializer[object], timeout_s: flo
             received += len(deserializers[item.channel_index].read_buffer(item.buffer))
 
 
+def _from_sender(
+    connection: multiprocessing.connection.Connection, sender: multiprocessing.process.BaseProcess
+) -> Any:
+    """The sender's next message.
+
+    Raises:
+        RuntimeError: The sender process ended instead (its own error is on stderr).
+    """
+    try:
+        return connection.recv()
+    except EOFError:
+        sender.join(timeout=10)
+        msg = f"the sender process ended (exit status {sender.exitcode}) before it was done"
+        raise RuntimeError(msg) from None
+
+
 def run_throughput(benchmark: NetworkBenchmark, timeout_s: float = 120.0) -> ThroughputResult:
     """Runs one throughput measurement (see the module docstring)."""
     tune_switch_interval()  # this process is the receiving TaskManager
@@ -315,7 +332,7 @@ def run_throughput(benchmark: NetworkBenchmark, timeout_s: float = 120.0) -> Thr
         if not ours.poll(timeout_s):
             msg = "the sender process did not start"
             raise TimeoutError(msg)
-        address, partition_ids = ours.recv()
+        address, partition_ids = _from_sender(ours, sender)
         config = _configuration(benchmark)
         with ShuffleEnvironment.from_configuration(config, name="receiver") as environment:
             gate = _receiver_gate(environment, benchmark, address, partition_ids)
@@ -325,12 +342,12 @@ def run_throughput(benchmark: NetworkBenchmark, timeout_s: float = 120.0) -> Thr
             received = _receive(gate, _serializer(benchmark), timeout_s)
             elapsed = time.perf_counter() - started
             gate.close()
-        status, detail = ours.recv()
+        status, detail = _from_sender(ours, sender)
         if status != "written":
             msg = f"the sender failed: {detail}"
             raise RuntimeError(msg)
         ours.send("done")
-        returned = bool(ours.recv())
+        returned = bool(_from_sender(ours, sender))
     finally:
         sender.join(timeout=30)
         if sender.is_alive():
@@ -458,7 +475,7 @@ def run_latency(
                     target=_send_timed, args=(partition, one_to_one, rate), daemon=True
                 )
             else:
-                address, partition_ids = ours.recv()
+                address, partition_ids = _from_sender(ours, sender)
             gate = _receiver_gate(environment, one_to_one, address, partition_ids)
             gate.request_partitions()
             if sender is None:
