@@ -341,6 +341,16 @@ def test_a_task_manager_that_cannot_reach_a_live_cluster_reports_it() -> None:
     assert "taskmanager: error: cannot reach the JobManager at 127.0.0.1:" in result.stderr
 
 
+@pytest.mark.cluster
+def test_task_managers_run_in_process_groups_of_their_own() -> None:
+    # A terminal's Ctrl-C goes to the client's process group: the client cancels and
+    # shuts the TaskManagers down in order; none of them dies of it half started.
+    with MiniCluster(Configuration({"taskmanager.numberOfTaskSlots": 1}), 2) as cluster:
+        groups = {os.getpgid(pid) for pid in cluster.task_manager_pids}
+    assert groups == set(cluster.task_manager_pids)
+    assert os.getpgid(0) not in groups
+
+
 # -- CPU placement ----------------------------------------------------------------------
 
 

@@ -186,7 +186,11 @@ class MiniCluster:
         ]
         if cpu is not None:
             command += ["--cpu", str(cpu)]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, close_fds=True)
+        # A process group of its own: Ctrl-C in a terminal reaches this process alone,
+        # which cancels the job and shuts the TaskManager down in order. A TaskManager
+        # still importing when Ctrl-C came would otherwise die of it mid-start with a
+        # KeyboardInterrupt traceback.
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, close_fds=True, process_group=0)
         with self._lock:
             self._processes.append(process)
         assert process.stdin is not None
