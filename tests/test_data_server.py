@@ -1113,41 +1113,34 @@ def test_a_producer_sends_its_flushed_buffer_itself_while_the_network_thread_is_
 # -- binding the data port -----------------------------------------------------------------
 
 
-def test_a_data_port_in_use_is_a_configuration_error_naming_the_key() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        config = Configuration(
-            {
-                "taskmanager.memory.network.min": NETWORK_MEMORY,
-                "taskmanager.memory.network.max": NETWORK_MEMORY,
-                "taskmanager.data.port": port,
-            }
-        )
-        env = ShuffleEnvironment.from_configuration(config)
-        try:
-            with pytest.raises(ConfigurationError) as info:
-                env.start()
-        finally:
-            env.close()
-    assert info.value.key == "taskmanager.data.port"
-    assert info.value.value == port
-    assert f"127.0.0.1:{port}" in str(info.value)
-    assert isinstance(info.value.__cause__, OSError)
-
-
-def test_a_host_that_is_not_an_address_here_is_a_configuration_error_naming_the_key() -> None:
-    config = Configuration(
-        {
-            "taskmanager.memory.network.min": NETWORK_MEMORY,
-            "taskmanager.memory.network.max": NETWORK_MEMORY,
-            "taskmanager.host": "192.0.2.1",  # TEST-NET-1: never assigned to a host
-        }
-    )
-    env = ShuffleEnvironment.from_configuration(config)
+def start_error(**values: object) -> ConfigurationError:
+    """What starting an environment with these settings raises (it must raise one)."""
+    config = {
+        "taskmanager.memory.network.min": NETWORK_MEMORY,
+        "taskmanager.memory.network.max": NETWORK_MEMORY,
+        **values,
+    }
+    env = ShuffleEnvironment.from_configuration(Configuration(config))
     try:
         with pytest.raises(ConfigurationError) as info:
             env.start()
     finally:
         env.close()
-    assert info.value.key == "taskmanager.host"
-    assert info.value.value == "192.0.2.1"
+    return info.value
+
+
+def test_a_data_port_in_use_is_a_configuration_error_naming_the_key() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        error = start_error(**{"taskmanager.data.port": port})
+    assert error.key == "taskmanager.data.port"
+    assert error.value == port
+    assert f"127.0.0.1:{port}: Address already in use" in str(error)
+    assert isinstance(error.__cause__, OSError)
+
+
+def test_a_host_that_is_not_an_address_here_is_a_configuration_error_naming_the_key() -> None:
+    # TEST-NET-1 (RFC 5737) is never assigned to a host: binding it fails at once.
+    error = start_error(**{"taskmanager.host": "192.0.2.1"})
+    assert error.key == "taskmanager.host"
+    assert error.value == "192.0.2.1"
