@@ -730,6 +730,17 @@ def test_run_failed_job_prints_the_notes_of_a_cause_without_frames(
     assert "while parsing line 3" in err  # the cause was never raised, but has a note
 
 
+def test_run_with_one_data_port_for_several_task_managers_exits_2_before_they_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = child_pids()
+    assert main(["run", "-D", "taskmanager.data.port=47123"]) == 2
+    err = capsys.readouterr().err
+    assert "taskmanager.data.port=47123" in err
+    assert "cannot share one data port" in err
+    assert child_pids() == before
+
+
 def test_taskmanager_with_a_data_port_in_use_exits_2_naming_the_key(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

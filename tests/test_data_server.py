@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 import threading
@@ -1144,3 +1145,15 @@ def test_a_host_that_is_not_an_address_here_is_a_configuration_error_naming_the_
     error = start_error(**{"taskmanager.host": "192.0.2.1"})
     assert error.key == "taskmanager.host"
     assert error.value == "192.0.2.1"
+
+
+def test_a_privileged_data_port_is_a_configuration_error_naming_the_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refused(self: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("penstock.transport.server.NettyServer.start", refused)
+    error = start_error(**{"taskmanager.data.port": 80})
+    assert error.key == "taskmanager.data.port"
+    assert "Permission denied" in str(error)

@@ -156,7 +156,7 @@ class ShuffleEnvironment:
         # asyncio words the error with the address already; the system's words suffice.
         detail = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
         reason = f"cannot bind the data port on {host}:{port}: {detail}"
-        if port and error.errno == errno.EADDRINUSE:
+        if port and error.errno in (errno.EADDRINUSE, errno.EACCES):  # taken, or privileged
             return ConfigurationError(DATA_PORT.key, port, reason)
         return ConfigurationError(TASKMANAGER_HOST.key, host, reason)
 

@@ -42,6 +42,7 @@ from typing import Final, Protocol
 import cloudpickle
 
 from penstock.config import (
+    DATA_PORT,
     EXECUTION_TARGET,
     JOBMANAGER_RPC_ADDRESS,
     JOBMANAGER_RPC_PORT,
@@ -50,7 +51,7 @@ from penstock.config import (
     ShuffleOptions,
     heartbeat_timeout_ms,
 )
-from penstock.errors import ClusterError, JobExecutionError
+from penstock.errors import ClusterError, ConfigurationError, JobExecutionError
 from penstock.ids import JobID
 from penstock.runtime.control import (
     CancelJob,
@@ -434,6 +435,21 @@ def _check_minicluster_slots(job: JobGraph, task_managers: int, slots_per_tm: in
         raise ClusterError(msg)
 
 
+def _check_minicluster_data_port(task_managers: int, port: int) -> None:
+    """Refuses one fixed data port for several TaskManagers of one host.
+
+    Raises:
+        ConfigurationError: ``taskmanager.data.port`` is fixed and more than one
+            TaskManager would bind it.
+    """
+    if port and task_managers > 1:
+        reason = (
+            f"the {task_managers} TaskManagers of a mini-cluster cannot share one data "
+            "port; leave it at 0 (a free port each)"
+        )
+        raise ConfigurationError(DATA_PORT.key, port, reason)
+
+
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
     """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
 
@@ -466,6 +482,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         return _local_session(job, merged, metrics)
     if target == "minicluster":
         task_managers = task_managers_for(job, merged)
+        _check_minicluster_data_port(task_managers, merged.get(DATA_PORT))
         _check_minicluster_slots(job, task_managers, merged.get(NUMBER_OF_TASK_SLOTS))
         cluster = MiniCluster(merged, task_managers).start()
         try:
