@@ -642,7 +642,7 @@ def test_the_largest_allowed_frames_pass() -> None:
         (raw_buffer_response(subpartition=-3), "negative"),
         (raw_buffer_response(data_type=12), "unknown data type 12"),
         # NONE means "nothing next" inside a channel: a buffer of it would stall the gate.
-        (raw_buffer_response(data_type=0), "unknown data type 0"),
+        (raw_buffer_response(data_type=0), r"data type 0 \(NONE\) is no buffer's type"),
         (raw_buffer_response(data_type=-1), "unknown data type -1"),
         (raw_buffer_response(compressed=2), "not a bool"),
         (frame(6, struct.pack(">iqq", 0, 1, 2)), "credit"),

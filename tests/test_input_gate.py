@@ -570,7 +570,7 @@ def test_closing_the_gate_ends_a_consumer_waiting_in_get_next(
 
     consumer.join(WAIT)
     assert not consumer.is_alive()
-    assert waiting.wait_for(1, 0)  # woken, it did not wait on a fresh future
+    assert not waiting.wait_for(2, 0)  # woken, it did not wait on a fresh future
     assert len(outcome) == 1 and isinstance(outcome[0], TaskCancelledError)
 
 

@@ -507,8 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pin_to_cpu(args.cpu)
     try:
         if args.bootstrap_stdin:
-            # Ctrl-C in a terminal reaches the whole process group; the parent cancels
-            # the job and shuts this process down in order.
+            # Started by a mini-cluster, in a process group of its own, so a terminal's
+            # Ctrl-C goes to the parent, which cancels the job and shuts this process
+            # down in order. A SIGINT sent here all the same is left to the parent too.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             secret = sys.stdin.buffer.readline().strip()
             settings = json.loads(sys.stdin.buffer.readline() or b"[]")

@@ -843,6 +843,8 @@ class FrameDecoder:
         ) = _BUFFER_HEADER.unpack_from(data, offset)
         data_type = _DATA_TYPES.get(type_byte)
         if data_type is None:
+            if type_byte == DataType.NONE:
+                _corrupt("BufferResponse", "data type 0 (NONE) is no buffer's type")
             _corrupt("BufferResponse", f"unknown data type {type_byte}")
         if compressed_byte > 1:
             _corrupt("BufferResponse", f"compression flag {compressed_byte} is not a bool")
