@@ -186,6 +186,25 @@ def wait_until_handled(job_manager: JobManager) -> None:
     assert isinstance(probe.next_of(RegistrationAccepted), RegistrationAccepted)
 
 
+def test_an_error_in_the_main_threads_housekeeping_leaves_it_running(
+    job_manager: JobManager, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checks = itertools.count()
+    check_deadlines = job_manager._check_deadlines
+
+    def failing_once() -> None:
+        if next(checks) == 0:
+            msg = "a bug in a deadline check"
+            raise RuntimeError(msg)
+        check_deadlines()
+
+    monkeypatch.setattr(job_manager, "_check_deadlines", failing_once)
+    wait_until_handled(job_manager)  # the checks after this registration raise
+    wait_until_handled(job_manager)  # served after them: the thread goes on
+    assert next(checks) >= 1
+    assert "a bug in a deadline check" in caplog.text
+
+
 def two_by_two() -> JobGraph:
     source = vertex("s", ("Source: Sequence Source", SequenceSourceFactory(1, 10)), parallelism=2)
     mapper = vertex("m", ("Map", MapFactory(abs)), parallelism=2)

@@ -332,13 +332,15 @@ class JobManager:
                 action = self._inbox.get(timeout=self._next_wakeup())
             except queue.Empty:
                 action = None
-            if action is not None:
+            # Each step on its own: an error in one is logged, and the thread, which
+            # every job and client depends on, goes on.
+            for step in (action, self._check_deadlines, self._send_metric_updates):
+                if step is None:
+                    continue
                 try:
-                    action()
+                    step()
                 except Exception:
                     log.exception("%s: error in the main thread", self.name)
-            self._check_deadlines()
-            self._send_metric_updates()
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()
