@@ -24,6 +24,7 @@ from cluster_helpers import (
     WAIT_S,
     FakeTaskManager,
     LineReader,
+    child_pids,
     edge,
     job,
     no_leftover_processes,
@@ -31,7 +32,7 @@ from cluster_helpers import (
 )
 from penstock.api import StreamExecutionEnvironment
 from penstock.config import Configuration
-from penstock.errors import IllegalStateError, SerializationError
+from penstock.errors import ClusterError, IllegalStateError, SerializationError
 from penstock.runtime.client import execute, execute_and_collect, observe_jobs
 from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate, JobResult, new_secret
 from penstock.runtime.job_graph import JobGraph
@@ -342,6 +343,20 @@ def test_a_task_manager_that_cannot_reach_a_live_cluster_reports_it() -> None:
 
 
 @pytest.mark.cluster
+def test_a_task_manager_that_fails_on_the_way_up_is_reported_with_the_count_registered() -> None:
+    # Two TaskManagers on one fixed data port (the client refuses that; this cluster is
+    # built directly): the one that cannot bind it exits, the other one registers.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = child_pids()
+    cluster = MiniCluster(Configuration({"taskmanager.data.port": port}), 2)
+    with pytest.raises(ClusterError, match="exited with status 1 while the mini-cluster"):
+        cluster.start()
+    assert child_pids() - before == set()
+
+
+@pytest.mark.cluster
 def test_task_managers_run_in_process_groups_of_their_own() -> None:
     # A terminal's Ctrl-C goes to the client's process group: the client cancels and
     # shuts the TaskManagers down in order; none of them dies of it half started.
@@ -497,7 +512,6 @@ def test_remote_target_runs_on_a_cluster_started_by_hand(
     result = execute(doubling_job(50), config)
     assert len(result.get_metrics()) == 4
     monkeypatch.setenv(SECRET_ENV, new_secret().decode())
-    from penstock.errors import ClusterError
 
     with pytest.raises(ClusterError, match="refused"):
         execute(doubling_job(50), config)

@@ -204,9 +204,12 @@ class MiniCluster:
         while not self.job_manager.wait_for_task_managers(self.num_task_managers, _POLL_S):
             for process in self._processes:
                 if process.poll() is not None:
+                    # It may have registered and then failed: say what is known.
                     msg = (
                         f"TaskManager process {process.pid} exited with status "
-                        f"{process.returncode} before it registered"
+                        f"{process.returncode} while the mini-cluster was starting "
+                        f"({self.job_manager.num_task_managers} of "
+                        f"{self.num_task_managers} TaskManagers registered)"
                     )
                     raise ClusterError(msg)
             if time.monotonic() > deadline:
