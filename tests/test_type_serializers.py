@@ -332,11 +332,24 @@ def test_bytes_serializer_accepts_bytes_likes_only() -> None:
         raw.serialize(5)  # type: ignore[arg-type]
 
 
-def test_str_serializer_rejects_unencodable_text() -> None:
-    with pytest.raises(SerializationError):
-        StrSerializer().serialize("\ud800")
-    with pytest.raises(SerializationError):
-        StrSerializer().serialize_frames(["ok", "\ud800"])
+def test_str_serializer_carries_lone_surrogates_as_they_are() -> None:
+    # os.listdir gives a file name that is not UTF-8 as text with lone surrogates.
+    text = StrSerializer()
+    names = ["ok", "caf\udce9.csv", "\ud800"]
+    assert text.deserialize(text.serialize("caf\udce9.csv")) == "caf\udce9.csv"
+    framed_names = text.serialize_frames(names)
+    assert text.deserialize_frames(memoryview(framed_names)) == names
+    assert text.deserialize_complete_frames(memoryview(framed_names)) == (names, len(framed_names))
+
+
+def test_str_serializer_rejects_what_is_not_text() -> None:
+    text = StrSerializer()
+    with pytest.raises(SerializationError, match="type int"):
+        text.serialize(5)  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="not valid UTF-8"):
+        text.deserialize(b"\xff")
+    with pytest.raises(SerializationError, match="not valid UTF-8"):
+        text.deserialize_frames(memoryview(framed([b"ok", b"\xff"])))
 
 
 class Unpicklable:

@@ -447,8 +447,22 @@ class BytesSerializer:
         return "BytesSerializer()"
 
 
+def _decode_surrogates(payload: Payload) -> str:
+    """Text with lone surrogates, as ``StrSerializer`` writes it (else SerializationError)."""
+    try:
+        return str(payload, "utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        msg = f"StrSerializer payload is not valid UTF-8: {exc}"
+        raise SerializationError(msg) from exc
+
+
 class StrSerializer:
-    """Text as UTF-8."""
+    """Text as UTF-8.
+
+    A lone surrogate, which a file name that is not UTF-8 holds once ``os.listdir``
+    has decoded it, is written as its three UTF-8 bytes (Python's ``surrogatepass``),
+    so that any ``str`` comes back as it was, as its key hash already takes it.
+    """
 
     __slots__ = ()
 
@@ -457,17 +471,16 @@ class StrSerializer:
 
     def serialize(self, record: str) -> bytes:
         try:
-            return record.encode()
-        except (AttributeError, UnicodeEncodeError) as exc:
+            return record.encode("utf-8", "surrogatepass")
+        except AttributeError as exc:
             msg = f"StrSerializer cannot encode a record of type {_type_name(record)}: {exc}"
             raise SerializationError(msg) from exc
 
     def deserialize(self, payload: Payload) -> str:
         try:
             return str(payload, "utf-8")
-        except UnicodeDecodeError as exc:
-            msg = f"StrSerializer payload is not valid UTF-8: {exc}"
-            raise SerializationError(msg) from exc
+        except UnicodeDecodeError:
+            return _decode_surrogates(payload)
 
     def serialize_frames(self, records: Sequence[str]) -> bytes:
         if set(map(type, records)) <= {str}:
@@ -481,17 +494,15 @@ class StrSerializer:
         payloads, consumed = _complete_payloads(data)
         try:
             return [str(payload, "utf-8") for payload in payloads], consumed
-        except UnicodeDecodeError as exc:
-            msg = f"StrSerializer payload is not valid UTF-8: {exc}"
-            raise SerializationError(msg) from exc
+        except UnicodeDecodeError:
+            return list(map(_decode_surrogates, payloads)), consumed
 
     def deserialize_frames(self, data: memoryview) -> list[str]:
         buf, bounds = _split_frames(data)
         try:
             return [str(buf[start:stop], "utf-8") for start, stop in bounds]
-        except UnicodeDecodeError as exc:
-            msg = f"StrSerializer payload is not valid UTF-8: {exc}"
-            raise SerializationError(msg) from exc
+        except UnicodeDecodeError:
+            return [_decode_surrogates(buf[start:stop]) for start, stop in bounds]
 
     def __repr__(self) -> str:
         return "StrSerializer()"
