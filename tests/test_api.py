@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
+from typing import cast
 
 import pytest
 
@@ -21,7 +25,7 @@ from penstock.api.datastream import DataStream, KeyedStream
 from penstock.api.stream_graph import OperatorTransformation
 from penstock.functions import FlatMapFunction, KeyedProcessFunction, MapFunction, ProcessContext
 from penstock.runtime.job_graph import JobGraph
-from penstock.task.operator import Collector
+from penstock.task.operator import Collector, RuntimeContext
 from penstock.task.operators import (
     CollectionSourceFactory,
     CollectSinkFactory,
@@ -374,3 +378,105 @@ def test_a_failing_user_function_fails_the_job_with_its_traceback() -> None:
     assert cause is not None
     assert "ValueError" in str(cause)
     assert "bad record 1" in str(cause)
+
+
+# -- what PyFlink users bring -----------------------------------------------------------
+
+
+def collect_local(stream: DataStream) -> list[object]:
+    return list(stream.execute_and_collect())
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_sum_adds_numbers_of_any_numeric_type(parallelism: int) -> None:
+    import numpy as np
+
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": parallelism}
+    )
+    for values in (
+        [np.int64(1), np.int64(2), np.int64(3)],
+        [np.float32(0.5), np.float32(1.5)],
+        [Decimal("0.1"), Decimal("0.2")],
+        [Fraction(1, 3), Fraction(1, 6)],
+    ):
+        sums = collect_local(env.from_collection(values).key_by(lambda v: 0).sum())
+        assert sums[-1] == sum(values)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_nan_keys_are_one_key(parallelism: int) -> None:
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": parallelism}
+    )
+    records = [(float("nan"), 1), (float("nan"), 1), (float("nan"), 1), (1.0, 5)]
+    sums = cast(
+        "list[tuple[float, int]]",
+        collect_local(env.from_collection(records).key_by(lambda r: r[0]).sum(1)),
+    )
+    assert sorted(total for key, total in sums if math.isnan(key)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_a_sum_beyond_64_bits_is_the_same_at_any_parallelism(parallelism: int) -> None:
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": parallelism}
+    )
+    sums = collect_local(env.from_sequence(2**62, 2**62 + 2).key_by(lambda v: 0).sum())
+    assert max(cast("list[int]", sums)) == 3 * 2**62 + 3
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_text_that_is_not_utf_8_crosses_the_network(parallelism: int) -> None:
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": parallelism}
+    )
+    names = ["ok.csv", "caf\udce9.csv"]  # as os.listdir gives a Latin-1 file name
+    stream = env.from_collection(names)
+    assert stream.output_type is str
+    assert sorted(cast("list[str]", collect_local(stream.rebalance().map(str.upper)))) == [
+        "CAF\udce9.CSV",
+        "OK.CSV",
+    ]
+
+
+def test_a_pyflink_style_process_function_yields_its_records() -> None:
+    class Doubling(KeyedProcessFunction):
+        def process_element(self, value: object, ctx: ProcessContext) -> Iterator[object]:  # type: ignore[override]
+            yield (ctx.get_current_key(), value)
+            yield (ctx.get_current_key(), value)
+
+    env = StreamExecutionEnvironment.get_execution_environment(LOCAL)
+    out = collect_local(env.from_collection([1, 2]).key_by(lambda v: v % 2).process(Doubling()))
+    assert sorted(cast("list[tuple[int, int]]", out)) == [(0, 2), (0, 2), (1, 1), (1, 1)]
+
+
+def test_from_collection_copies_its_records_when_called() -> None:
+    records = [[1], [2]]
+    env = StreamExecutionEnvironment.get_execution_environment(LOCAL)
+    stream = env.from_collection(records)
+    records[0].append(99)
+    assert collect_local(stream) == [[1], [2]]
+
+
+def test_the_runtime_context_answers_as_pyflinks_does() -> None:
+    class Describe(MapFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            self.description = (
+                runtime_context.get_task_name(),
+                runtime_context.get_task_name_with_subtasks(),
+                runtime_context.get_max_number_of_parallel_subtasks(),
+                runtime_context.get_attempt_number(),
+            )
+
+        def map(self, value: object) -> object:
+            return self.description
+
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": 2, "pipeline.max-parallelism": 64}
+    )
+    described = set(collect_local(env.from_sequence(1, 8).map(Describe())))
+    assert described == {
+        ("Source: Sequence Source -> Map", "Source: Sequence Source -> Map (1/2)#0", 64, 0),
+        ("Source: Sequence Source -> Map", "Source: Sequence Source -> Map (2/2)#0", 64, 0),
+    }

@@ -44,6 +44,7 @@ __all__ = [
     "as_key_selector",
     "as_map",
     "as_partitioner",
+    "as_process",
     "as_reduce",
     "as_sink",
     "check_called_on_all",
@@ -145,7 +146,8 @@ class KeyedProcessFunction(Function):
     """Processes each record of a keyed stream with access to its key.
 
     ``process_element`` emits with ``out.collect(record)``; it may also return (or
-    yield) an iterable of records, as PyFlink's does.
+    yield) an iterable of records, as PyFlink's does. Declared PyFlink's way, as
+    ``process_element(self, value, ctx)``, it is called without ``out``.
     """
 
     def process_element(
@@ -291,6 +293,19 @@ def as_flat_map(fn: object) -> tuple[Callable[..., object], bool]:
     """
     call = _adapt(fn, "flat_map", "flat_map")
     return call, _takes_collector(call, 2)
+
+
+def as_process(fn: object) -> tuple[Callable[..., object], bool]:
+    """``fn.process_element`` (or ``fn``), and whether it takes a collector third.
+
+    PyFlink's ``process_element(value, ctx)`` yields its records; one declared with
+    ``out`` as well gets a collector.
+
+    Raises:
+        TypeError: ``fn`` has no ``process_element`` and is not callable.
+    """
+    call = _adapt(fn, "process_element", "process")
+    return call, _takes_collector(call, 3)
 
 
 def as_filter(fn: object) -> Callable[[object], object]:

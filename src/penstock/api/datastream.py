@@ -40,6 +40,7 @@ from penstock.functions import (
     as_key_selector,
     as_map,
     as_partitioner,
+    as_process,
     as_reduce,
     as_sink,
 )
@@ -533,10 +534,17 @@ class KeyedStream(DataStream):
                 raise TypeError(msg)
             position = None
         factory = SumFactory(position, self._key_selector)
-        return self._one_input("Keyed Aggregation", factory, self._reduced_type())
+        # A running sum of ints (or of int fields) outgrows 64 bits where its records
+        # did not: only float sums keep a fast serializer, so that a job's outcome does
+        # not depend on whether the sums cross the network (the parallelism).
+        summed_type = float if self._reduced_type() is float else None
+        return self._one_input("Keyed Aggregation", factory, summed_type)
 
     def process(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
-        """Calls ``func.process_element(value, ctx, out)`` per record (KeyedProcessFunction).
+        """Calls ``func.process_element`` per record (KeyedProcessFunction).
+
+        As in PyFlink, ``process_element(value, ctx)`` yields (or returns) its records;
+        one declared as ``process_element(value, ctx, out)`` may also ``out.collect``.
 
         Args:
             func: A ``KeyedProcessFunction`` (or a callable taking the same arguments).
@@ -545,9 +553,7 @@ class KeyedStream(DataStream):
         Raises:
             TypeError: ``func`` has no ``process_element`` and is not callable.
         """
-        if not callable(getattr(func, "process_element", None)) and not callable(func):
-            msg = f"a process function must be callable or have process_element(...), got {func!r}"
-            raise TypeError(msg)
+        as_process(func)
         factory = ProcessFactory(func, self._key_selector)
         return self._one_input("KeyedProcess", factory, output_type)
 

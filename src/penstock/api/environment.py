@@ -14,7 +14,9 @@ the environment can define and run another job, as Flink's does.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Self
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from penstock.serialization.types import TypeInfo
 
 __all__ = ["StreamExecutionEnvironment"]
+
+log = logging.getLogger(__name__)
 
 SOURCE_PREFIX: Final = "Source: "
 COLLECTION_SOURCE_NAME: Final = "Collection Source"
@@ -167,7 +171,9 @@ class StreamExecutionEnvironment:
     ) -> DataStream:
         """A non-parallel source (parallelism 1) emitting the records of ``collection``.
 
-        The collection is copied now and travels with the job.
+        The records are copied now, deeply (as PyFlink serializes them when called), and
+        travel with the job: changing them afterwards does not change the job's input.
+        Records that cannot be deep-copied are kept as they are.
 
         Args:
             collection: The records.
@@ -176,6 +182,10 @@ class StreamExecutionEnvironment:
                 serializer. Inferred when every record has the same such type.
         """
         records = tuple(collection)
+        try:
+            records = copy.deepcopy(records)
+        except Exception:  # a record that cannot be copied (it holds a lock, a socket)
+            log.debug("from_collection keeps records it cannot deep-copy as they are")
         output_type = _infer_type(records) if type_info is None else type_info
         source = OperatorTransformation(
             id=self._next_id(),

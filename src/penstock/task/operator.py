@@ -84,8 +84,24 @@ class RuntimeContext:
         """PyFlink's name for ``parallelism``."""
         return self.parallelism
 
+    def get_max_number_of_parallel_subtasks(self) -> int:
+        """PyFlink's name for ``max_parallelism``."""
+        return self.max_parallelism
+
+    def get_attempt_number(self) -> int:
+        """PyFlink's name for ``attempt``."""
+        return self.attempt
+
     def get_task_name(self) -> str:
-        return self.task_name
+        """The task's name without its subtask, e.g. "Source: Sequence Source -> Map"."""
+        suffix = f" ({self.subtask_index + 1}/{self.parallelism})"
+        name = self.task_name
+        return name[: -len(suffix)] if name.endswith(suffix) else name
+
+    def get_task_name_with_subtasks(self) -> str:
+        """The name with the subtask and attempt, as Flink gives it: "Map (2/4)#0"."""
+        subtask = f"{self.subtask_index + 1}/{self.parallelism}"
+        return f"{self.get_task_name()} ({subtask})#{self.attempt}"
 
 
 class StreamOperator(Protocol[IN, OUT_co]):

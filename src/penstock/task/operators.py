@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import numbers
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from penstock.functions import (
     as_flat_map,
     as_key_selector,
     as_map,
+    as_process,
     as_reduce,
     as_sink,
     check_called_on_all,
@@ -85,6 +88,9 @@ _first: Final = itemgetter(0)
 _PLAIN_KEYS: Final = frozenset({str, int, bytes, type(None)})
 """Key types that no key of another type equals: keyed state takes them as they are."""
 
+_NAN_KEY: Final = (float, "NaN")
+"""Every NaN key, as one key (Flink compares keys by their bytes; NaN != NaN in a dict)."""
+
 
 def _state_key(key: object) -> object:
     """``key`` as keyed state tells keys apart: by type, as routing does.
@@ -98,6 +104,8 @@ def _state_key(key: object) -> object:
     kind = type(key)
     if kind in _PLAIN_KEYS:
         return key
+    if isinstance(key, float) and math.isnan(key):
+        return _NAN_KEY  # NaN equals no NaN, but routing sends them all to one subtask
     if kind is bool or kind is float:
         return (kind, key)
     if isinstance(key, bytearray | memoryview):
@@ -290,9 +298,10 @@ def _is_scalar_sum(record: object, position: int | str | None) -> bool:
     """Whether ``record`` itself is summed rather than one of its fields.
 
     That is so with no position, and for PyFlink's default position 0 on a plain number
-    (``key_by(...).sum()`` over a stream of numbers).
+    (``key_by(...).sum()`` over a stream of numbers: ints and floats, numpy's scalars,
+    ``Decimal``, ``Fraction``).
     """
-    return position is None or (position == 0 and isinstance(record, int | float | complex))
+    return position is None or (position == 0 and isinstance(record, numbers.Number))
 
 
 def _summed(record: object, position: int | str | None, total: object) -> object:
@@ -372,17 +381,12 @@ class SumOperator(AbstractStreamOperator):
 
 
 class ProcessOperator(AbstractStreamOperator):
-    """Keyed ``process``: calls ``process_element(value, ctx, out)`` per record."""
+    """Keyed ``process``: ``process_element(value, ctx[, out])`` per record."""
 
     def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
         super().__init__(fn, key_selector)
-        process = getattr(fn, "process_element", None)
-        if process is None and callable(fn):
-            process = fn
-        if process is None:
-            msg = f"a process function must have process_element(value, ctx, out), got {fn!r}"
-            raise TypeError(msg)
-        self._process: Callable[..., Iterable[object] | None] = process
+        process, self._takes_out = as_process(fn)
+        self._process = cast("Callable[..., Iterable[object] | None]", process)
         self._get_key = as_key_selector(key_selector)
         self._ctx: ProcessContext | None = None
 
@@ -399,9 +403,10 @@ class ProcessOperator(AbstractStreamOperator):
         out = Collector(results, self.take)
         get_key = self._get_key
         process = self._process
+        takes_out = self._takes_out
         for record in records:
             ctx.current_key = get_key(record)
-            returned = process(record, ctx, out)
+            returned = process(record, ctx, out) if takes_out else process(record, ctx)
             if returned is not None:
                 for value in returned:
                     out.collect(value)
