@@ -51,6 +51,7 @@ from penstock.runtime.control import (
     CollectBatch,
     ControlConnection,
     ControlMessage,
+    Heartbeat,
     JobResult,
     RegistrationAccepted,
     SerializedValue,
@@ -184,6 +185,25 @@ def wait_until_handled(job_manager: JobManager) -> None:
     """
     probe = FakeTaskManager(job_manager, f"probe-{next(_probes)}", 1, 7999).register()
     assert isinstance(probe.next_of(RegistrationAccepted), RegistrationAccepted)
+
+
+def test_a_heartbeat_sampled_before_a_task_finished_leaves_its_final_metrics(
+    job_manager: JobManager,
+) -> None:
+    tm = FakeTaskManager(job_manager, "tm", 2, 7000).register()
+    recorder = Recorder()
+    job_manager.submit(two_by_two(), recorder)
+    tdds = tm.deployments(4)
+    for tdd in tdds:
+        tm.report(tdd, ExecutionState.RUNNING)
+    tm.report(tdds[0], ExecutionState.FINISHED)  # final metrics: numRecordsOut 1.0
+    # The TaskManager's heartbeat thread sampled the task just before it finished.
+    stale = Heartbeat("tm", {tdds[0].execution_id: {"numRecordsOut": 0.5}})
+    job_manager.on_message(tm.registration.tm_id, stale)
+    for tdd in tdds[1:]:
+        tm.report(tdd, ExecutionState.FINISHED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert result.metrics[tdds[0].task_name] == {"numRecordsOut": 1.0}
 
 
 def test_an_error_in_the_main_threads_housekeeping_leaves_it_running(

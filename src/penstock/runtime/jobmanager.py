@@ -414,7 +414,9 @@ class JobManager:
         elif isinstance(message, Heartbeat):
             for execution_id, metrics in message.metrics.items():
                 execution = self._execution(execution_id)
-                if execution is not None:
+                # A heartbeat sampled before its task ended may come after the task's
+                # final state, which carries its final metrics: those stand.
+                if execution is not None and not execution.state.is_terminal:
                     execution.metrics = metrics
                     execution.sampled_at = tm.last_heartbeat
         elif isinstance(message, CollectBatch):
