@@ -491,6 +491,21 @@ def test_vertex_tracker_sums_rates_and_takes_the_worst_subtask() -> None:
     assert third[0].peak_level == "HIGH"
 
 
+def test_a_finished_subtask_adds_no_rate_to_its_vertex() -> None:
+    tracker = VertexTracker()
+    tracker.update(make_update(1000, {"A (1/2)": (0, 0, 0), "A (2/2)": (0, 0, 0)}))
+    running = make_update(2000, {"A (1/2)": (0, 1000, 0), "A (2/2)": (0, 500, 0)})
+    (row,) = tracker.update(running)
+    assert row.records_out_per_s == pytest.approx(1500)
+    # A/1 finished with that sample: it sends no more, A/2 goes on at 500/s.
+    later = make_update(3000, {"A (1/2)": (0, 1000, 0), "A (2/2)": (0, 1000, 0)})
+    later.sampled_ms["A (1/2)"] = 2000
+    later.states["A (1/2)"] = "FINISHED"
+    (row,) = tracker.update(later)
+    assert row.records_out_per_s == pytest.approx(500)
+    assert row.running == 1
+
+
 @given(st.lists(st.floats(0, 1000), min_size=1, max_size=8))
 def test_the_vertex_level_is_the_level_of_its_worst_subtask(back_pressured: list[float]) -> None:
     tasks = {

@@ -119,6 +119,9 @@ class VertexRow:
     back_pressured_ms: float
 
 
+_ENDED_STATES: Final = frozenset({"FINISHED", "FAILED", "CANCELED"})
+
+
 @dataclass(slots=True)
 class _TaskSample:
     sampled_ms: int
@@ -142,7 +145,9 @@ class VertexTracker:
             tasks.setdefault(vertex_name(task_name), []).append(task_name)
         return [self._row(name, names, update) for name, names in tasks.items()]
 
-    def _rates(self, task_name: str, metrics: Mapping[str, float], sampled_ms: int) -> _TaskSample:
+    def _rates(
+        self, task_name: str, metrics: Mapping[str, float], sampled_ms: int, ended: bool
+    ) -> _TaskSample:
         records_in = metrics.get("numRecordsIn", 0.0)
         records_out = metrics.get("numRecordsOut", 0.0)
         previous = self._samples.get(task_name)
@@ -152,14 +157,20 @@ class VertexTracker:
             if elapsed_s > 0:
                 sample.in_per_s = max(0.0, records_in - previous.records_in) / elapsed_s
                 sample.out_per_s = max(0.0, records_out - previous.records_out) / elapsed_s
-            else:  # no new sample of this task since the last update: keep its rates
+            elif not ended:  # no new sample of this running task yet: keep its rates
                 sample = previous
+            # else: an ended task sends no more samples, and moves no more records
         self._samples[task_name] = sample
         return sample
 
     def _row(self, name: str, task_names: Sequence[str], update: JobMetricsUpdate) -> VertexRow:
         samples = [
-            self._rates(task, update.metrics.get(task, {}), update.sampled_ms.get(task, 0))
+            self._rates(
+                task,
+                update.metrics.get(task, {}),
+                update.sampled_ms.get(task, 0),
+                update.states.get(task) in _ENDED_STATES,
+            )
             for task in task_names
         ]
         metrics = [update.metrics.get(task, {}) for task in task_names]
