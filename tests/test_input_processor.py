@@ -120,6 +120,27 @@ def test_a_slow_chain_gets_one_buffer_per_step() -> None:
     assert steps == [[1, 2], [3, 4]]
 
 
+def test_records_in_counts_each_slice_as_it_enters_the_chain() -> None:
+    gate = ScriptedGate([(0, frames(1, 2, 3, 4, 5, 6))])
+    seen: list[tuple[int, float]] = []  # (records handed so far, numRecordsIn then)
+    handed = 0
+
+    def process_batch(records: list[object]) -> None:
+        nonlocal handed
+        handed += len(records)
+        seen.append((handed, processor.metrics.num_records_in))
+
+    processor = StreamTaskNetworkInput(
+        cast("InputGate", gate), [RecordDeserializer(SERIALIZER)], process_batch
+    )
+    processor._step.size = 2  # a slow chain: the buffer's records go in slices
+    processor.emit_next()
+
+    assert len(seen) > 1
+    assert all(count == handed for handed, count in seen)
+    assert processor.metrics.num_records_in == 6
+
+
 def test_an_event_ends_the_step_after_the_records_before_it() -> None:
     end = EndOfPartitionEvent()
     gate = ScriptedGate([(0, frames(1)), (0, frames(2)), (0, end), (0, frames(3))])

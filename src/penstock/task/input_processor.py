@@ -103,7 +103,6 @@ class StreamTaskNetworkInput:
                 records += deserializers[polled.channel_index].read_buffer(buffer)
                 taken += 1
             if records:
-                self.metrics.num_records_in += len(records)
                 self._process(records)
         if buffer is None and isinstance(polled.event, EndOfPartitionEvent):
             deserializers[polled.channel_index].check_end()
@@ -125,6 +124,9 @@ class StreamTaskNetworkInput:
             # The common case, a whole buffer at once, takes no copy.
             whole = position == 0 and size >= total
             chunk = records if whole else records[position : position + size]
+            # Counted as they enter the chain, as Flink counts them, not a whole step
+            # ahead of a slow chain.
+            self.metrics.num_records_in += len(chunk)
             started = time.monotonic()
             self.process_batch(chunk)
             step.update(len(chunk), time.monotonic() - started)
