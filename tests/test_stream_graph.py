@@ -254,6 +254,21 @@ def test_disable_operator_chaining_runs_every_operator_in_its_own_vertex() -> No
     assert [edge.partitioner.kind for edge in job.edges] == ["forward", "forward"]
 
 
+def test_vertices_of_one_name_are_told_apart() -> None:
+    # Tasks and their metrics go by name: two "Map" vertices would share "Map (1/2)".
+    env = make_env(2).disable_operator_chaining()
+    env.from_sequence(1, 10).map(double).filter(is_even).map(double).map(double).print()
+    job = env.get_job_graph()
+    assert names(job) == [
+        "Source: Sequence Source",
+        "Map",
+        "Filter",
+        "Map [2]",
+        "Map [3]",
+        "Sink: Print to Std. Out",
+    ]
+
+
 def test_named_sources_and_sinks_keep_their_prefix() -> None:
     env = make_env(1)
     source = env.from_sequence(1, 10).name("numbers")

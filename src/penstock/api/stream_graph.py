@@ -34,6 +34,7 @@ Each chain becomes a ``JobVertex`` named after its operators joined by " -> " (F
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -429,11 +430,18 @@ class StreamGraph:
         """Chains the nodes into a JobGraph: a vertex per chain, an edge per exchange."""
         vertex_of: dict[int, JobVertex] = {}
         vertices: list[JobVertex] = []
+        seen: Counter[str] = Counter()
         for chain in self.chains():
             head, tail = chain[0], chain[-1]
+            name = CHAIN_SEPARATOR.join(node.name for node in chain)
+            seen[name] += 1
+            if seen[name] > 1:
+                # Tasks and their metrics go by name ("Map (1/2)"): two vertices of one
+                # name, as two unnamed maps make, would share theirs.
+                name = f"{name} [{seen[name]}]"
             vertex = JobVertex(
                 id=JobVertexID.generate(),
-                name=CHAIN_SEPARATOR.join(node.name for node in chain),
+                name=name,
                 operators=tuple(OperatorSpec(node.name, node.factory, node.id) for node in chain),
                 parallelism=head.parallelism,
                 max_parallelism=head.max_parallelism,
