@@ -506,6 +506,20 @@ def test_a_finished_subtask_adds_no_rate_to_its_vertex() -> None:
     assert row.running == 1
 
 
+def test_a_subtask_that_ended_backpressured_does_not_hold_its_vertex_at_high() -> None:
+    tracker = VertexTracker()
+    update = make_update(1000, {"A (1/2)": (0, 10, 900), "A (2/2)": (0, 10, 0)})
+    update.states["A (1/2)"] = "FINISHED"
+    update.metrics["A (1/2)"]["accumulateBackPressuredTimeMs"] = 500.0
+    (row,) = tracker.update(update)
+    assert row.level == "OK"
+    assert row.back_pressured_ms == 500.0  # what it spent backpressured still counts
+    # Once every subtask ended, their last values stand (the summary).
+    final = make_update(2000, {"A (1/2)": (0, 10, 900), "A (2/2)": (0, 20, 0)}, final=True)
+    (row,) = tracker.update(final)
+    assert row.level == "HIGH"
+
+
 @given(st.lists(st.floats(0, 1000), min_size=1, max_size=8))
 def test_the_vertex_level_is_the_level_of_its_worst_subtask(back_pressured: list[float]) -> None:
     tasks = {

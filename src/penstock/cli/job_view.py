@@ -164,19 +164,19 @@ class VertexTracker:
         return sample
 
     def _row(self, name: str, task_names: Sequence[str], update: JobMetricsUpdate) -> VertexRow:
+        ended = [update.states.get(task) in _ENDED_STATES for task in task_names]
         samples = [
-            self._rates(
-                task,
-                update.metrics.get(task, {}),
-                update.sampled_ms.get(task, 0),
-                update.states.get(task) in _ENDED_STATES,
-            )
-            for task in task_names
+            self._rates(task, update.metrics.get(task, {}), update.sampled_ms.get(task, 0), end)
+            for task, end in zip(task_names, ended, strict=True)
         ]
         metrics = [update.metrics.get(task, {}) for task in task_names]
+        # The gauges of a vertex are those of its subtasks still running: one that ended
+        # backpressured is not holding its vertex back any more. Once all have ended,
+        # their last values stand.
+        running = [m for m, end in zip(metrics, ended, strict=True) if not end] or metrics
 
-        def largest(metric: str) -> float:
-            return max((m.get(metric, 0.0) for m in metrics), default=0.0)
+        def largest(metric: str, of: Sequence[Mapping[str, float]] = running) -> float:
+            return max((m.get(metric, 0.0) for m in of), default=0.0)
 
         back_pressure = min(1.0, largest("backPressuredTimeMsPerSecond") / 1000)
         level = back_pressure_level(back_pressure)
@@ -198,7 +198,7 @@ class VertexTracker:
             busy=min(1.0, largest("busyTimeMsPerSecond") / 1000),
             out_pool_usage=largest("outPoolUsage"),
             in_pool_usage=largest("inPoolUsage"),
-            back_pressured_ms=largest("accumulateBackPressuredTimeMs"),
+            back_pressured_ms=largest("accumulateBackPressuredTimeMs", metrics),
         )
 
 
