@@ -269,6 +269,19 @@ def test_vertices_of_one_name_are_told_apart() -> None:
     ]
 
 
+def test_a_name_made_unique_skips_names_the_job_already_has() -> None:
+    env = make_env(2).disable_operator_chaining()
+    env.from_sequence(1, 10).map(double).map(double).name("Map [2]").map(double).print()
+    job = env.get_job_graph()
+    assert names(job) == [
+        "Source: Sequence Source",
+        "Map",
+        "Map [2]",
+        "Map [3]",
+        "Sink: Print to Std. Out",
+    ]
+
+
 def test_named_sources_and_sinks_keep_their_prefix() -> None:
     env = make_env(1)
     source = env.from_sequence(1, 10).name("numbers")

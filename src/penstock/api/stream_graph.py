@@ -34,7 +34,6 @@ Each chain becomes a ``JobVertex`` named after its operators joined by " -> " (F
 from __future__ import annotations
 
 import enum
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -430,15 +429,10 @@ class StreamGraph:
         """Chains the nodes into a JobGraph: a vertex per chain, an edge per exchange."""
         vertex_of: dict[int, JobVertex] = {}
         vertices: list[JobVertex] = []
-        seen: Counter[str] = Counter()
-        for chain in self.chains():
+        chains = self.chains()
+        names = _unique_names([CHAIN_SEPARATOR.join(n.name for n in chain) for chain in chains])
+        for chain, name in zip(chains, names, strict=True):
             head, tail = chain[0], chain[-1]
-            name = CHAIN_SEPARATOR.join(node.name for node in chain)
-            seen[name] += 1
-            if seen[name] > 1:
-                # Tasks and their metrics go by name ("Map (1/2)"): two vertices of one
-                # name, as two unnamed maps make, would share theirs.
-                name = f"{name} [{seen[name]}]"
             vertex = JobVertex(
                 id=JobVertexID.generate(),
                 name=name,
@@ -547,3 +541,23 @@ def _flat_config(config: Configuration) -> dict[str, str]:
     """The configuration as ``key -> str`` pairs that parse back to the same values."""
     pairs = (entry.partition("=") for entry in config.to_dynamic_properties())
     return {key: value for key, _, value in pairs}
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with the second and later of each name made unique: "Map [2]".
+
+    Tasks and their metrics go by name ("Map (1/2)"): two vertices of one name, as two
+    unnamed maps in separate chains make, would share theirs. A generated name skips
+    any name the job already has.
+    """
+    taken: set[str] = set()
+    given = set(names)
+    unique = []
+    for name in names:
+        candidate, number = name, 1
+        while candidate in taken or (number > 1 and candidate in given):
+            number += 1
+            candidate = f"{name} [{number}]"
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
