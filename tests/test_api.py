@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 from typing import cast
@@ -427,6 +428,16 @@ def test_a_sum_beyond_64_bits_is_the_same_at_any_parallelism(parallelism: int) -
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
+def test_a_reduce_beyond_64_bits_is_the_same_at_any_parallelism(parallelism: int) -> None:
+    env = StreamExecutionEnvironment.get_execution_environment(
+        {**LOCAL, "parallelism.default": parallelism}
+    )
+    stream = env.from_sequence(2**62, 2**62 + 2).key_by(lambda v: 0)
+    totals = collect_local(stream.reduce(lambda a, b: cast("int", a) + cast("int", b)))
+    assert max(cast("list[int]", totals)) == 3 * 2**62 + 3
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
 def test_text_that_is_not_utf_8_crosses_the_network(parallelism: int) -> None:
     env = StreamExecutionEnvironment.get_execution_environment(
         {**LOCAL, "parallelism.default": parallelism}
@@ -457,6 +468,53 @@ def test_from_collection_copies_its_records_when_called() -> None:
     stream = env.from_collection(records)
     records[0].append(99)
     assert collect_local(stream) == [[1], [2]]
+
+
+def test_from_collection_keeps_a_record_it_cannot_copy_and_copies_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lock = threading.Lock()
+    records: list[object] = [[1], lock]
+    env = StreamExecutionEnvironment.get_execution_environment(LOCAL)
+    stream = env.from_collection(records)
+    cast("list[int]", records[0]).append(99)
+    assert isinstance(stream.transformation, OperatorTransformation)
+    factory = stream.transformation.factory
+    assert isinstance(factory, CollectionSourceFactory)
+    assert factory.records == ([1], lock)
+    assert "cannot copy" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["with out", "*args", "a decorator without functools.wraps"],
+)
+def test_a_process_function_with_out_or_an_unclear_signature_gets_a_collector(
+    signature: str,
+) -> None:
+    def with_out(value: object, ctx: ProcessContext, out: Collector[object]) -> None:
+        out.collect(value)
+
+    def star_args(*args: object) -> None:
+        value, _, out = args
+        cast("Collector[object]", out).collect(value)
+
+    def decorated(
+        function: Callable[[object, ProcessContext, Collector[object]], None],
+    ) -> Callable[..., None]:
+        def wrapper(*args: object, **kwargs: object) -> None:
+            function(*args, **kwargs)  # type: ignore[arg-type]
+
+        return wrapper
+
+    function = {
+        "with out": with_out,
+        "*args": star_args,
+        "a decorator without functools.wraps": decorated(with_out),
+    }[signature]
+    env = StreamExecutionEnvironment.get_execution_environment(LOCAL)
+    out = collect_local(env.from_collection([1, 2]).key_by(lambda v: v).process(function))
+    assert sorted(cast("list[int]", out)) == [1, 2]
 
 
 def test_the_runtime_context_answers_as_pyflinks_does() -> None:

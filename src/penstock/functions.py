@@ -298,14 +298,15 @@ def as_flat_map(fn: object) -> tuple[Callable[..., object], bool]:
 def as_process(fn: object) -> tuple[Callable[..., object], bool]:
     """``fn.process_element`` (or ``fn``), and whether it takes a collector third.
 
-    PyFlink's ``process_element(value, ctx)`` yields its records; one declared with
-    ``out`` as well gets a collector.
+    PyFlink's ``process_element(value, ctx)`` yields its records, and is called so when
+    its signature says it takes exactly two arguments; any other (``out`` as well,
+    ``*args``, or a signature that cannot be read) gets a collector third.
 
     Raises:
         TypeError: ``fn`` has no ``process_element`` and is not callable.
     """
     call = _adapt(fn, "process_element", "process")
-    return call, _takes_collector(call, 3)
+    return call, not _takes_exactly(call, 2)
 
 
 def as_filter(fn: object) -> Callable[[object], object]:
@@ -351,6 +352,19 @@ def as_sink(fn: object) -> Callable[[object], object]:
         TypeError: ``fn`` is neither callable nor has ``invoke``.
     """
     return _adapt(fn, "invoke", "sink")
+
+
+def _takes_exactly(call: Callable[..., object], arity: int) -> bool:
+    """Whether ``call``'s signature shows it takes exactly ``arity`` positional arguments."""
+    try:
+        signature = inspect.signature(call)
+    except (TypeError, ValueError):
+        return False
+    parameters = signature.parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in parameters if p.kind in kinds) == arity
 
 
 def _takes_collector(call: Callable[..., object], arity: int) -> bool:

@@ -69,6 +69,9 @@ SINK_PREFIX: Final = "Sink: "
 NON_PARALLEL_MESSAGE: Final = "The parallelism of non parallel operator must be 1."
 _SCALAR_TYPES: Final = (int, float)
 
+_ACCUMULABLE_TYPES: Final = (float, str, bytes)
+"""Declared types whose serializer holds any running sum or reduce of its records."""
+
 
 def _check_parallelism(operator: OperatorTransformation, parallelism: object) -> int:
     setting = "parallelism"
@@ -253,13 +256,18 @@ class DataStream(_OperatorSettings):
         return DataStream(self._env, operator, output_type, type_inferred=type_inferred)
 
     def _reduced_type(self) -> TypeInfo | None:
-        """The type of what a reduce or sum emits: the records' type if declared.
+        """The type of what a reduce or sum emits: the records' type if it can hold it.
 
         A type inferred from a collection's records says nothing about the values a
-        function computes from them (ints whose quotient is a float, a sum beyond 64
-        bits), so those go through the generic serializer, as PyFlink pickles them.
+        function computes from them (ints whose quotient is a float), so those go
+        through the generic serializer, as PyFlink pickles them. A declared type is kept
+        where an accumulation stays within it (float, str, bytes); ints and fixed
+        layouts are not: a running sum outgrows 64 bits where its records did not, and
+        the job would fail only where the sums cross a channel, at some parallelisms.
         """
-        return None if self._type_inferred else self._output_type
+        if self._type_inferred or self._output_type not in _ACCUMULABLE_TYPES:
+            return None
+        return self._output_type
 
     def map(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """One record out per record in: ``func(record)`` or ``func.map(record)``.
@@ -534,11 +542,7 @@ class KeyedStream(DataStream):
                 raise TypeError(msg)
             position = None
         factory = SumFactory(position, self._key_selector)
-        # A running sum of ints (or of int fields) outgrows 64 bits where its records
-        # did not: only float sums keep a fast serializer, so that a job's outcome does
-        # not depend on whether the sums cross the network (the parallelism).
-        summed_type = float if self._reduced_type() is float else None
-        return self._one_input("Keyed Aggregation", factory, summed_type)
+        return self._one_input("Keyed Aggregation", factory, self._reduced_type())
 
     def process(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """Calls ``func.process_element`` per record (KeyedProcessFunction).

@@ -14,7 +14,6 @@ the environment can define and run another job, as Flink's does.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,8 +32,9 @@ from penstock.config import (
     PARALLELISM_DEFAULT,
     Configuration,
 )
-from penstock.errors import ConfigurationError
+from penstock.errors import ConfigurationError, SerializationError
 from penstock.runtime.job_graph import JobGraph
+from penstock.task.operator import snapshot
 from penstock.task.operators import CollectionSourceFactory, SequenceSourceFactory
 
 if TYPE_CHECKING:
@@ -173,7 +173,8 @@ class StreamExecutionEnvironment:
 
         The records are copied now, deeply (as PyFlink serializes them when called), and
         travel with the job: changing them afterwards does not change the job's input.
-        Records that cannot be deep-copied are kept as they are.
+        A record that cannot be copied (it holds a lock, say) is kept as it is, with a
+        warning.
 
         Args:
             collection: The records.
@@ -181,11 +182,7 @@ class StreamExecutionEnvironment:
                 ``struct.Struct`` layout for tuples of its fields, picks a fast
                 serializer. Inferred when every record has the same such type.
         """
-        records = tuple(collection)
-        try:
-            records = copy.deepcopy(records)
-        except Exception:  # a record that cannot be copied (it holds a lock, a socket)
-            log.debug("from_collection keeps records it cannot deep-copy as they are")
+        records = tuple(map(_copied, collection))
         output_type = _infer_type(records) if type_info is None else type_info
         source = OperatorTransformation(
             id=self._next_id(),
@@ -285,3 +282,16 @@ class StreamExecutionEnvironment:
 
     def __repr__(self) -> str:
         return f"StreamExecutionEnvironment({self._config!r})"
+
+
+def _copied(record: object) -> object:
+    """``record`` safe from later changes to it (values and tuples of them as they are)."""
+    try:
+        return snapshot(record)
+    except SerializationError as exc:
+        log.warning(
+            "from_collection keeps a record it cannot copy as it is (%s): changing it "
+            "before the job runs changes the job's input",
+            exc,
+        )
+        return record
