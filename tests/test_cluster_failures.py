@@ -58,6 +58,7 @@ from penstock.runtime.control import (
     Shutdown,
     SubmitJob,
 )
+from penstock.runtime.deployment import TaskDeploymentDescriptor
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager
 from penstock.runtime.minicluster import MiniCluster
@@ -190,12 +191,7 @@ def wait_until_handled(job_manager: JobManager) -> None:
 def test_a_heartbeat_sampled_before_a_task_finished_leaves_its_final_metrics(
     job_manager: JobManager,
 ) -> None:
-    tm = FakeTaskManager(job_manager, "tm", 2, 7000).register()
-    recorder = Recorder()
-    job_manager.submit(two_by_two(), recorder)
-    tdds = tm.deployments(4)
-    for tdd in tdds:
-        tm.report(tdd, ExecutionState.RUNNING)
+    tm, recorder, tdds = running_two_by_two(job_manager, 7000)
     tm.report(tdds[0], ExecutionState.FINISHED)  # final metrics: numRecordsOut 1.0
     # The TaskManager's heartbeat thread sampled the task just before it finished.
     stale = Heartbeat("tm", {tdds[0].execution_id: {"numRecordsOut": 0.5}})
@@ -231,13 +227,21 @@ def two_by_two() -> JobGraph:
     return job("fake", [source, mapper], [edge(source, mapper)])
 
 
-def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: JobManager) -> None:
-    tm = FakeTaskManager(job_manager, "tm", 2, 7000).register()
+def running_two_by_two(
+    job_manager: JobManager, port: int
+) -> tuple[FakeTaskManager, Recorder, list[TaskDeploymentDescriptor]]:
+    """``two_by_two`` deployed on one fake TaskManager, its four tasks RUNNING."""
+    tm = FakeTaskManager(job_manager, "tm", 2, port).register()
     recorder = Recorder()
     job_manager.submit(two_by_two(), recorder)
     tdds = tm.deployments(4)
     for tdd in tdds:
         tm.report(tdd, ExecutionState.RUNNING)
+    return tm, recorder, tdds
+
+
+def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: JobManager) -> None:
+    tm, recorder, tdds = running_two_by_two(job_manager, 7000)
     tm.report(tdds[2], ExecutionState.FAILED, KeyError("first"))
     cancelled = {tm.next_of(CancelTask).execution_id for _ in range(3)}  # type: ignore[union-attr]
     assert cancelled == {tdd.execution_id for tdd in tdds} - {tdds[2].execution_id}
@@ -261,12 +265,7 @@ def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: Job
 def test_a_producer_failure_reported_after_its_consumers_symptom_is_the_cause(
     job_manager: JobManager,
 ) -> None:
-    tm = FakeTaskManager(job_manager, "tm", 2, 7003).register()
-    recorder = Recorder()
-    job_manager.submit(two_by_two(), recorder)
-    tdds = tm.deployments(4)
-    for tdd in tdds:
-        tm.report(tdd, ExecutionState.RUNNING)
+    tm, recorder, tdds = running_two_by_two(job_manager, 7003)
     # The consumer sees the producer's failure on its channel first...
     tm.report(tdds[2], ExecutionState.FAILED, ProducerFailedError("the producer failed"))
     # ...then the producer's own report, the root cause, arrives.
