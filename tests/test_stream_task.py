@@ -27,6 +27,7 @@ from penstock.serialization.generic import GenericSerializer
 from penstock.serialization.types import IntSerializer, TypeSerializer
 from penstock.shuffle import ShuffleEnvironment
 from penstock.task import stream_task
+from penstock.task.input_processor import StreamTaskNetworkInput
 from penstock.task.metrics import TimerGauge
 from penstock.task.operator import OperatorFactory, RuntimeContext
 from penstock.task.operators import (
@@ -368,18 +369,29 @@ def test_a_gate_filled_while_the_consumer_lets_the_producer_run_needs_no_suspens
     Here the producer always fills the gate in that moment (the stand-in for the yield
     waits for it), so the consumer is never idle: it never suspends. The producer's
     first record waits for the consumer's first yield, so that there is one.
+
+    The stand-in waits for the very future the consumer checks after the yield (the
+    last one its input handed out): the gate's current one may already be the done
+    AVAILABLE while the producer has yet to complete the consumer's, outside the
+    gate's lock.
     """
-    consumers: list[Task] = []
     yields = 0
     yielded = threading.Event()
+    handed_out: list[Future[None]] = []
+    get_available_future = StreamTaskNetworkInput.get_available_future
+
+    def recording(self: StreamTaskNetworkInput) -> Future[None]:
+        future = get_available_future(self)
+        handed_out.append(future)
+        return future
 
     def producer_fills_the_gate() -> None:
         nonlocal yields
         yields += 1
         yielded.set()
-        consumer = consumers[0]._stream_task
-        assert consumer is not None and consumer.input is not None
-        consumer.input.get_available_future().result(WAIT)
+        handed_out[-1].result(WAIT)
+
+    monkeypatch.setattr(StreamTaskNetworkInput, "get_available_future", recording)
 
     def after_the_first_yield(value: int) -> int:
         if not yielded.is_set():
@@ -392,7 +404,6 @@ def test_a_gate_filled_while_the_consumer_lets_the_producer_run_needs_no_suspens
     def prepare(task: Task) -> None:
         if task.task_name.startswith("Sink"):
             task.metrics.idle_timer = idle
-            consumers.append(task)
 
     source = vertex(
         "Source: Sequence Source",
