@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
 
-from penstock.transport.loop import close_connections
+from penstock.errors import IllegalStateError
+from penstock.transport.loop import EventLoopThread, close_connections
 
 
 class _Recorder(asyncio.Protocol):
@@ -61,3 +63,57 @@ def test_connection_whose_peer_reads_nothing_is_aborted_after_the_grace(
 
 def test_nothing_to_close() -> None:
     asyncio.run(close_connections([]))
+
+
+# -- EventLoopThread.run ----------------------------------------------------------------------
+
+
+async def _answer() -> int:
+    return 42
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[EventLoopThread]:
+    thread = EventLoopThread("run-test").start()
+    yield thread
+    thread.stop()
+
+
+def test_run_returns_what_the_coroutine_returns(loop_thread: EventLoopThread) -> None:
+    assert loop_thread.run(_answer(), timeout=10) == 42
+
+
+def test_run_passes_on_the_coroutines_own_timeout_error(loop_thread: EventLoopThread) -> None:
+    async def gives_up() -> None:
+        msg = "the coroutine's own"
+        raise TimeoutError(msg)
+
+    with pytest.raises(TimeoutError, match="the coroutine's own"):
+        loop_thread.run(gives_up())
+
+
+def test_run_gives_up_after_its_timeout(loop_thread: EventLoopThread) -> None:
+    with pytest.raises(TimeoutError):
+        loop_thread.run(asyncio.sleep(60), timeout=0.05)
+
+
+def test_run_on_a_loop_that_stopped_under_it_raises_instead_of_waiting_forever() -> None:
+    thread = EventLoopThread("stops-under-run").start()
+    # The loop stops, as stop() makes it, after run() found it running: the coroutine
+    # is scheduled on a loop that will never run it.
+    thread.loop.call_soon_threadsafe(thread.loop.stop)
+    thread._thread.join(10)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(thread.run(_answer()))
+        except IllegalStateError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive(), "run() still waits for a loop that stopped"
+    assert len(outcome) == 1 and isinstance(outcome[0], IllegalStateError)
+    thread.stop()

@@ -11,9 +11,12 @@ used per buffer or per connection, never per record.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import inspect
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
@@ -28,6 +31,9 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+_STOP_CHECK_S: Final = 0.5
+"""How often ``EventLoopThread.run`` looks whether the loop thread is still there."""
 
 NETWORK_SWITCH_INTERVAL_S: Final = 0.0005
 """The GIL switch interval of processes that run task threads and a network thread.
@@ -90,6 +96,11 @@ class EventLoopThread:
         return self
 
     @property
+    def is_stopped(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stopped
+
+    @property
     def is_loop_thread(self) -> bool:
         """True when called from the loop's own thread."""
         return threading.current_thread() is self._thread
@@ -106,16 +117,49 @@ class EventLoopThread:
                 self.loop.call_soon_threadsafe(callback, *args)
 
     def run(self, coroutine: Coroutine[Any, Any, R], timeout: float | None = None) -> R:
-        """Runs ``coroutine`` on the loop and waits for its result (not from the loop)."""
+        """Runs ``coroutine`` on the loop and waits for its result (not from the loop).
+
+        Raises:
+            IllegalStateError: Called on the loop thread, or the loop stopped before the
+                coroutine could end (a TaskManager shutting down meanwhile).
+            TimeoutError: ``timeout`` seconds passed first.
+        """
         if self.is_loop_thread:
             coroutine.close()
             msg = "EventLoopThread.run() would deadlock when called on the loop thread"
             raise IllegalStateError(msg)
+        stopped = f"the event loop {self.name} is stopped"
         if self._stopped:
             coroutine.close()
-            msg = f"the event loop {self.name} is stopped"
-            raise IllegalStateError(msg)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+            raise IllegalStateError(stopped)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except RuntimeError as exc:  # closed since the check above
+            coroutine.close()
+            raise IllegalStateError(stopped) from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # A loop that stops after the check above may never run the coroutine: the
+            # wait looks in on the loop thread now and then instead of waiting forever.
+            wait = _STOP_CHECK_S
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                return future.result(wait)
+            except concurrent.futures.CancelledError:
+                if self.is_stopped:  # cancelled by the loop's shutdown
+                    raise IllegalStateError(stopped) from None
+                raise
+            except TimeoutError:
+                if future.done():
+                    raise  # the coroutine's own
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if not self._thread.is_alive():
+                    future.cancel()
+                    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                        coroutine.close()  # it never ran, and never will
+                    raise IllegalStateError(stopped) from None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the loop, cancelling what still runs on it, and joins the thread."""
