@@ -366,3 +366,20 @@ def test_a_connect_that_fails_after_close_raises_its_transport_error(
         release.set()
         with pytest.raises(RemoteTransportError, match="refused"):
             pending.result(10)
+
+
+def test_closing_the_manager_fails_the_channels_still_reading(
+    loop_thread: EventLoopThread,
+) -> None:
+    network = NetworkBufferPool(16, SEGMENT_SIZE)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = listener.getsockname()[:2]
+        manager = ConnectionManager(loop_thread, SEGMENT_SIZE)
+        channel = remote_channel(network, manager, address)
+        listener.settimeout(10)
+        with listener.accept()[0]:
+            loop_thread.run(manager.close(), timeout=10)  # the network stack shuts down
+            with pytest.raises(RemoteTransportError, match="was closed here"):
+                channel.get_next_buffer()
+        channel.release_all_resources()
+    assert network.available_segments == network.total_segments

@@ -396,11 +396,22 @@ class NettyPartitionRequestClient:
         self.fail(RemoteTransportError(msg, self.address), cause=exc)
 
     def close(self) -> None:
-        """Sends CloseRequest and closes the connection (loop thread, idempotent)."""
+        """Sends CloseRequest and closes the connection (loop thread, idempotent).
+
+        Channels still on it (the TaskManager's network stack shuts down under a task
+        still reading) fail with ``RemoteTransportError``: no more data comes to them.
+        """
         if self._closed:
             return
         self.send(CloseRequest())
         self._closed = True
+        channels = list(self.channels.values())
+        self.channels.clear()
+        if channels:
+            msg = f"The connection to remote task manager '{self.address}' was closed here."
+            error = RemoteTransportError(msg, self.address)
+            for channel in channels:
+                channel.on_error(error)
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
