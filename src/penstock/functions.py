@@ -23,7 +23,7 @@ import inspect
 import logging
 import types
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
     from penstock.task.operator import Collector, RuntimeContext
@@ -354,29 +354,27 @@ def as_sink(fn: object) -> Callable[[object], object]:
     return _adapt(fn, "invoke", "sink")
 
 
+_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _parameters(call: Callable[..., object]) -> list[inspect.Parameter] | None:
+    """``call``'s parameters, or None if it shows no signature."""
+    try:
+        return list(inspect.signature(call).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
 def _takes_exactly(call: Callable[..., object], arity: int) -> bool:
     """Whether ``call``'s signature shows it takes exactly ``arity`` positional arguments."""
-    try:
-        signature = inspect.signature(call)
-    except (TypeError, ValueError):
+    parameters = _parameters(call)
+    if parameters is None or any(p.kind is p.VAR_POSITIONAL for p in parameters):
         return False
-    parameters = signature.parameters.values()
-    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        return False
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(1 for p in parameters if p.kind in kinds) == arity
+    return sum(1 for p in parameters if p.kind in _POSITIONAL) == arity
 
 
 def _takes_collector(call: Callable[..., object], arity: int) -> bool:
     """Whether ``call`` accepts ``arity`` positional arguments (the last a collector)."""
-    try:
-        signature = inspect.signature(call)
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    required = [p for p in positional if p.default is p.empty]
+    parameters = _parameters(call) or []
+    required = [p for p in parameters if p.kind in _POSITIONAL and p.default is p.empty]
     return len(required) >= arity
