@@ -707,6 +707,27 @@ def test_exclusive_buffers_are_the_initial_credit() -> None:
     setup.close()
 
 
+def test_gate_buffer_usage_counts_buffers_holding_data_as_flink_does() -> None:
+    # Flink's inPoolUsage: floating buffers handed out less those idle in channels, plus
+    # exclusive buffers holding data, over the floating pool's size plus the exclusive
+    # buffers. Free credit does not count as use.
+    setup = make_channel(initial_credit=2)
+    gate, manager = setup.gate, setup.channel.buffer_manager
+    assert gate.buffer_pool is not None
+    total = gate.buffer_pool.num_buffers + 2
+    assert gate.buffer_usage == (0, total)
+    setup.deliver(0, b"first", backlog=3)  # into an exclusive buffer; now 5 wanted free
+    assert (manager.exclusive_in_use, manager.floating_held) == (1, 4)
+    assert gate.buffer_usage == (1, total)
+    setup.deliver(1, b"second", backlog=2)  # into a floating buffer
+    assert gate.buffer_usage == (2, total)
+    assert setup.read() == b"first"
+    assert setup.read() == b"second"
+    assert gate.buffer_usage == (0, total)
+    setup.close()
+    assert gate.buffer_usage[0] == 0
+
+
 def test_a_received_buffer_is_replaced_by_a_floating_one() -> None:
     # Required = backlog + initial credit: with backlog 0 the channel still wants its
     # initial credit free, so it borrows a floating buffer for the one just filled.

@@ -563,11 +563,11 @@ def test_metrics() -> None:
     partition.broadcast_event(CancelCheckpointMarker(1))  # finishes the broadcast buffer
     assert (partition.num_buffers_out, partition.num_bytes_out) == (5, 90)
     assert partition.total_backlog == 5  # 3 + 2 data buffers, last elements are events
-    assert 0 < partition.out_pool_usage <= 1
+    assert 0 < partition.buffer_pool.usage <= 1
     for view in views:
         drain(view)
     assert partition.output_queue_length == 0
-    assert partition.out_pool_usage == 0
+    assert partition.buffer_pool.usage == 0
     assert "producer (1/1)" in repr(partition)
     release_and_check(network, partition)
 

@@ -177,21 +177,26 @@ class QueueOf:
 
 
 class GateOf:
-    buffer_pool = None
-
-    def __init__(self, *queued: int) -> None:
+    def __init__(self, *queued: int, usage: tuple[int, int] = (0, 0)) -> None:
         self.channels = [QueueOf(n) for n in queued]
         self.input_queue_length = sum(queued)
+        self.buffer_usage = usage
+
+
+class PoolOf:
+    def __init__(self, used: int, size: int) -> None:
+        self.used_buffers = used
+        self.num_buffers = size
 
 
 class OutputOf:
     num_bytes_out = 0
-    out_pool_usage = 0.0
     is_released = False
 
-    def __init__(self, *queued: int) -> None:
+    def __init__(self, *queued: int, used: int = 0, size: int = 0) -> None:
         self.subpartitions = [QueueOf(n) for n in queued]
         self.output_queue_length = sum(queued)
+        self.buffer_pool = PoolOf(used, size)
 
     def is_available(self) -> bool:
         return True
@@ -221,6 +226,19 @@ def test_detailed_metrics_add_the_queue_lengths_of_each_gate_and_output(detailed
         for group, values in expected.items()
         for name, value in zip(DETAILED_QUEUE_METRICS, values, strict=True)
     }
+
+
+def test_pool_usage_is_summed_over_the_gates_and_outputs_as_in_flink() -> None:
+    # Flink's gauges divide the buffers used in all of a task's pools by their total
+    # size: a small full pool does not make a large idle one look full.
+    metrics = TaskIOMetrics()
+    metrics.attach(
+        cast("list[ResultPartition]", [OutputOf(used=4, size=4), OutputOf(used=0, size=12)]),
+        cast("list[SingleInputGate]", [GateOf(usage=(10, 10)), GateOf(usage=(0, 30))]),
+    )
+    snapshot = metrics.snapshot()
+    assert snapshot["outPoolUsage"] == 4 / 16
+    assert snapshot["inPoolUsage"] == 10 / 40
 
 
 # -- remote input, two environments in one process ----------------------------------------

@@ -99,6 +99,11 @@ class BufferManager:
     def floating_held(self) -> int:
         return len(self._floating)
 
+    @property
+    def exclusive_in_use(self) -> int:
+        """Exclusive segments out of the manager: holding data, or being received into."""
+        return 0 if self._released else self.initial_credit - len(self._exclusive)
+
     def take_segment(self) -> MemorySegment | None:
         """A free segment to receive a data buffer into; floating ones first."""
         with self._lock:

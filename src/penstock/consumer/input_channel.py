@@ -96,6 +96,10 @@ class InputChannel:
         """Buffers queued for this channel (Flink's inputQueueLength contribution)."""
         return 0
 
+    def own_buffers(self) -> tuple[int, int, int]:
+        """``(exclusive in use, exclusive, floating held idle)``: none for a local channel."""
+        return 0, 0, 0
+
     def notify_data_available(self) -> None:
         """The channel went from empty to readable: queue it at the gate."""
         self.gate.notify_channel_non_empty(self)

@@ -243,6 +243,28 @@ class SingleInputGate(InputGate):
         return sum(channel.buffers_in_use() for channel in self.channels)
 
     @property
+    def buffer_usage(self) -> tuple[int, int]:
+        """``(used, total)`` input buffers, counted as Flink's ``inPoolUsage`` counts them.
+
+        Used: the floating buffers the pool has handed out, less those idle in remote
+        channels (credit the sender has not used yet), plus the exclusive buffers of
+        remote channels that are out (holding data). Total: the pool's size plus every
+        remote channel's exclusive buffers. Local channels read the producer's buffers
+        and hold none of their own.
+        """
+        used = total = idle = 0
+        for channel in self.channels:
+            exclusive_used, exclusive, floating_idle = channel.own_buffers()
+            used += exclusive_used
+            total += exclusive
+            idle += floating_idle
+        pool = self.buffer_pool
+        if pool is not None:
+            used += max(0, pool.used_buffers - idle)
+            total += pool.num_buffers
+        return used, total
+
+    @property
     def num_bytes_in(self) -> int:
         return sum(channel.num_bytes_in for channel in self.channels)
 

@@ -311,6 +311,10 @@ class RemoteInputChannel(InputChannel):
     def buffers_in_use(self) -> int:
         return len(self._received)
 
+    def own_buffers(self) -> tuple[int, int, int]:
+        manager = self.buffer_manager
+        return manager.exclusive_in_use, manager.initial_credit, manager.floating_held
+
     @property
     def unannounced_credit(self) -> int:
         return self._unannounced_credit

@@ -130,7 +130,7 @@ class LocalBufferPool:
 
     @property
     def usage(self) -> float:
-        """``used / current size``: Flink's in/outPoolUsage (above 1 with overdraft)."""
+        """``used / current size`` (above 1 with overdraft)."""
         return self.used_buffers / self._current_size if self._current_size else 0.0
 
     @property

@@ -329,10 +329,6 @@ class ResultPartition:
     def total_backlog(self) -> int:
         return sum(subpartition.backlog for subpartition in self.subpartitions)
 
-    @property
-    def out_pool_usage(self) -> float:
-        return self.buffer_pool.usage
-
     # -- internals -------------------------------------------------------------------
 
     def _check_writable(self) -> None:

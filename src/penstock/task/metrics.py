@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from penstock.consumer.input_channel import InputChannel
@@ -274,7 +274,6 @@ class TaskIOMetrics:
                 remote += channel.num_buffers_in
             else:
                 local += channel.num_buffers_in
-        in_pools = [gate.buffer_pool.usage for gate in self.gates if gate.buffer_pool is not None]
         figures = {
             "numRecordsIn": float(self.num_records_in),
             "numRecordsOut": float(self.num_records_out),
@@ -282,9 +281,10 @@ class TaskIOMetrics:
             "numBytesOut": float(sum(partition.num_bytes_out for partition in self.partitions)),
             "numBuffersInLocal": float(local),
             "numBuffersInRemote": float(remote),
-            "inPoolUsage": max(in_pools, default=0.0),
-            "outPoolUsage": max(
-                (partition.out_pool_usage for partition in self.partitions), default=0.0
+            "inPoolUsage": _usage(gate.buffer_usage for gate in self.gates),
+            "outPoolUsage": _usage(
+                (partition.buffer_pool.used_buffers, partition.buffer_pool.num_buffers)
+                for partition in self.partitions
             ),
             "inputQueueLength": float(sum(gate.input_queue_length for gate in self.gates)),
             "outputQueueLength": float(
@@ -312,6 +312,15 @@ class TaskIOMetrics:
                 lengths = [subpartition.queue_length for subpartition in partition.subpartitions]
                 figures.update(_queue_figures(f"Shuffle.Netty.Output.{index}", lengths))
         return figures
+
+
+def _usage(pools: Iterable[tuple[int, int]]) -> float:
+    """Used over total buffers, summed over ``(used, total)`` pools (0 without any)."""
+    used = total = 0
+    for pool_used, pool_total in pools:
+        used += pool_used
+        total += pool_total
+    return used / total if total else 0.0
 
 
 def _queue_figures(group: str, lengths: Sequence[int]) -> dict[str, float]:
