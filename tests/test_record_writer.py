@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -636,7 +637,7 @@ def test_emitting_into_a_finished_partition_fails(output: Output) -> None:
 # -- bad records -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [2**64, -(2**63) - 1, "seven", 1.5, None])
+@pytest.mark.parametrize("bad", [2**64, -(2**63) - 1, "seven", 1.5, None, np.uint64(2**63)])
 def test_a_bad_record_in_a_batch_is_a_serialization_error(output: Output, bad: object) -> None:
     writer = create_record_writer(output.partition, IntSerializer(), RescalePartitioner(), -1)
     with pytest.raises(SerializationError):
@@ -644,7 +645,7 @@ def test_a_bad_record_in_a_batch_is_a_serialization_error(output: Output, bad: o
 
 
 @pytest.mark.parametrize("timeout", [-1, 0])
-@pytest.mark.parametrize("bad", [2**64, "seven"])
+@pytest.mark.parametrize("bad", [2**64, "seven", np.uint64(2**63)])
 def test_a_bad_record_in_emit_is_a_serialization_error(
     output: Output, bad: object, timeout: int
 ) -> None:

@@ -13,6 +13,7 @@ from enum import IntEnum
 from typing import TypeVar
 
 import cloudpickle
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -313,6 +314,24 @@ def test_struct_serializer_forces_big_endian_and_tuples() -> None:
 def test_struct_serializer_rejects_bad_formats(fmt: str) -> None:
     with pytest.raises(SerializationError):
         StructSerializer(fmt)
+
+
+@pytest.mark.parametrize(
+    ("serializer", "record"),
+    [
+        (StructSerializer("f"), (1e39,)),
+        (StructSerializer("e"), (70000.0,)),
+        (IntSerializer(), np.uint64(2**63)),
+    ],
+)
+def test_a_value_beyond_its_fields_range_is_a_serialization_error(
+    serializer: TypeSerializer[object], record: object
+) -> None:
+    # struct raises OverflowError for these, not struct.error.
+    with pytest.raises(SerializationError):
+        serializer.serialize(record)
+    with pytest.raises(SerializationError):
+        serializer.serialize_frames([record, record])
 
 
 def test_struct_serializer_rejects_wrong_arity() -> None:

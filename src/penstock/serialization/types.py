@@ -246,7 +246,9 @@ class FixedSizeSerializer(Generic[T]):
             if self._scalar:
                 return self.payload_struct.pack(record)
             return self.payload_struct.pack(*cast("Sequence[object]", record))
-        except (struct.error, TypeError) as exc:
+        except (struct.error, TypeError, OverflowError) as exc:
+            # struct raises OverflowError, not struct.error, for a float too large for
+            # "f" or "e" and for a numpy integer beyond the field's range.
             raise SerializationError(self._bad_record_message(record)) from exc
 
     def deserialize(self, payload: Payload) -> T:
@@ -279,7 +281,7 @@ class FixedSizeSerializer(Generic[T]):
                 chunk = flat[first * stride : last * stride]
                 parts.append(self._frames.get(last - first).pack(*chunk))
             return b"".join(parts)
-        except (struct.error, TypeError, ValueError):
+        except (struct.error, TypeError, ValueError, OverflowError):
             pass
         # Something did not pack: find the record and say which one.
         for record in records:

@@ -179,7 +179,7 @@ class RecordWriter(Generic[T]):
         if frame_struct is not None:
             try:
                 return frame_struct.pack(frame_struct.size - 4, record)
-            except struct.error:
+            except (struct.error, OverflowError):
                 self._raise_unserializable(record)
         payload = self.serializer.serialize(record)
         return _pack_length(len(payload)) + payload
@@ -266,14 +266,14 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
             if end < builder.capacity:
                 try:
                     frame_struct.pack_into(builder.memory, position, frame_struct.size - 4, record)
-                except struct.error:
+                except (struct.error, OverflowError):
                     self._raise_unserializable(record)
                 builder.position = end
                 self.num_records_out += 1
                 return
         try:
             frame = frame_struct.pack(frame_struct.size - 4, record)
-        except struct.error:
+        except (struct.error, OverflowError):
             self._raise_unserializable(record)
         self.partition.emit_record(frame, target)
         self.num_records_out += 1
