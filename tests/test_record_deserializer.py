@@ -7,6 +7,7 @@ import math
 import os
 import random
 import struct
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from penstock.buffer.buffer import Buffer
 from penstock.errors import CorruptRecordError, SerializationError
 from penstock.memory.segment import MemorySegment
-from penstock.serialization._frames import _complete_payloads
+from penstock.serialization._frames import _complete_payloads, _equal_frames_struct
 from penstock.serialization.record_deserializer import (
     DEFAULT_SPILL_THRESHOLD,
     RecordDeserializer,
@@ -502,3 +503,28 @@ def test_a_run_broken_by_a_negative_length_is_an_error_after_the_run() -> None:
     data = _frames(*[b"abcd"] * 10) + struct.pack(">i", -1) + b"abcd" * 4
     with pytest.raises(SerializationError, match="negative record length -1 at offset 80"):
         _complete_payloads(memoryview(data))
+
+
+@pytest.mark.parametrize("different_at", [127, 128, 129, 300, None])
+def test_a_long_run_of_equal_frames_ends_where_a_length_differs(different_at: int | None) -> None:
+    payloads = [bytes([i % 251]) * 3 for i in range(400)]
+    if different_at is not None:
+        payloads[different_at] = b"longer"
+    data = b"".join(map(frame, payloads)) + b"\x00\x00"  # and the start of a length
+    assert _complete_payloads(memoryview(data)) == (payloads, len(data) - 2)
+
+
+def test_buffers_of_many_fills_keep_no_large_struct_per_fill() -> None:
+    # Buffers flushed by the timeout hold any number of equal frames. A Struct cut to
+    # each count would be kept per count: two codes a frame, 138 MB for these.
+    _equal_frames_struct.cache_clear()
+    deserializer = RecordDeserializer(BytesSerializer())
+    empty = frame(b"")
+    tracemalloc.start()
+    try:
+        for count in range(8192, 7892, -1):
+            assert deserializer.read(empty * count) == [b""] * count
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * 2**20

@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import pickle
 import struct
-from typing import Final, NoReturn, TypeAlias, cast
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn, TypeAlias, cast
 
 import cloudpickle
 
@@ -127,19 +128,39 @@ _EQUAL_RUN_MIN: Final = 8
 """Frames at the start of a region from which the equal-length bulk path is tried."""
 
 
+_EQUAL_RUN_CHUNK: Final = 128
+"""Frames one cached ``Struct`` cuts at most.
+
+A Struct holds two codes per frame, and a buffer's frame count varies with its fill
+(buffers flushed by the timeout): an unbounded count would cache a Struct per count,
+each up to 16,384 codes for a buffer of empty payloads, hundreds of MB in all."""
+
+
 @functools.lru_cache(maxsize=256)
 def _equal_frames_struct(size: int, count: int) -> struct.Struct:
     """A Struct unpacking ``count`` frames of ``size``-byte payloads in one call."""
     return struct.Struct(">" + f"i{size}s" * count)
 
 
+def _unpack_equal_frames(whole: bytes | memoryview, size: int, count: int) -> Sequence[Any]:
+    """Lengths and payloads, interleaved, of ``count`` frames of ``size``-byte payloads."""
+    if count <= _EQUAL_RUN_CHUNK:
+        return _equal_frames_struct(size, count).unpack_from(whole, 0)
+    values: list[Any] = []  # what struct unpacks: ints and bytes, interleaved
+    frame = size + 4
+    for first in range(0, count, _EQUAL_RUN_CHUNK):
+        chunk = min(_EQUAL_RUN_CHUNK, count - first)
+        values += _equal_frames_struct(size, chunk).unpack_from(whole, first * frame)
+    return values
+
+
 def _equal_length_run(whole: bytes | memoryview) -> tuple[list[bytes], int]:
     """The leading run of frames that all announce the first frame's length.
 
     Records of one fixed width (ids, hashes, fixed-size byte strings) fill a buffer
-    with frames of equal length. One cached ``Struct`` cuts as many such frames as
-    fit, lengths and payloads together, and the lengths are then checked in one
-    ``tuple.count``: no Python work per record (and, for the few large frames of a
+    with frames of equal length. A cached ``Struct`` cuts up to ``_EQUAL_RUN_CHUNK``
+    such frames at once, lengths and payloads together, and the lengths are then
+    checked in one ``count``: no Python work per record (and, for the few large frames of a
     buffer of 1 KiB records, none of numpy's fixed cost either). Returns ``([], 0)``
     when the region does not start with such a run.
     """
@@ -148,7 +169,7 @@ def _equal_length_run(whole: bytes | memoryview) -> tuple[list[bytes], int]:
     count = len(whole) // frame if size >= 0 else 0
     if count < _EQUAL_RUN_MIN:
         return [], 0
-    values = _equal_frames_struct(size, count).unpack_from(whole, 0)
+    values = _unpack_equal_frames(whole, size, count)
     lengths = values[::2]
     if lengths.count(size) != count:
         # Only a shorter prefix is equal: take the run up to the first other length.
