@@ -107,6 +107,13 @@ class FakeTaskManager:
             if isinstance(message, kind):
                 return message
 
+    def drain(self) -> list[ControlMessage]:
+        """Every message received and not read yet."""
+        messages = []
+        while not self.received.empty():
+            messages.append(self.received.get_nowait())
+        return messages
+
     def deployments(self, count: int) -> list[TaskDeploymentDescriptor]:
         tdds = []
         for _ in range(count):

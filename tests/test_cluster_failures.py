@@ -54,6 +54,7 @@ from penstock.runtime.control import (
     Heartbeat,
     JobResult,
     RegistrationAccepted,
+    ReleaseJob,
     SerializedValue,
     Shutdown,
     SubmitJob,
@@ -260,6 +261,28 @@ def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: Job
     assert all(metrics == {"numRecordsOut": 1.0} for metrics in result.metrics.values())
     wait_until_handled(job_manager)
     assert recorder.results.empty()  # one result per job
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_the_end_of_a_job_tells_its_task_managers_to_release_it(
+    job_manager: JobManager, failed: bool
+) -> None:
+    tm, recorder, tdds = running_two_by_two(job_manager, 7006 + failed)
+    idle = FakeTaskManager(job_manager, "idle", 2, 7008).register()
+    if failed:
+        tm.report(tdds[2], ExecutionState.FAILED, KeyError("first"))
+        for tdd in tdds[:2] + tdds[3:]:
+            tm.report(tdd, ExecutionState.CANCELED)
+    else:
+        for tdd in tdds:
+            tm.report(tdd, ExecutionState.FINISHED)
+    result = recorder.results.get(timeout=WAIT_S)
+    assert (result.error is not None) is failed
+    released = tm.next_of(ReleaseJob)
+    assert isinstance(released, ReleaseJob)
+    assert released.job_id == result.job_id
+    wait_until_handled(job_manager)
+    assert not any(isinstance(message, ReleaseJob) for message in idle.drain())
 
 
 def test_a_producer_failure_reported_after_its_consumers_symptom_is_the_cause(

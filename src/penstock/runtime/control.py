@@ -62,6 +62,7 @@ __all__ = [
     "JobResult",
     "RegisterTaskManager",
     "RegistrationAccepted",
+    "ReleaseJob",
     "SerializedValue",
     "Shutdown",
     "SubmitJob",
@@ -275,6 +276,19 @@ class CancelTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseJob:
+    """JobManager → TaskManager: the job has ended; release what its subtasks left.
+
+    A pipelined partition is released once its consumers have read it to its end; one
+    whose consumer never came (it failed first) would otherwise hold its buffers for as
+    long as the TaskManager lives. Flink releases a job's partitions on each
+    TaskExecutor the same way when the job ends.
+    """
+
+    job_id: JobID
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStateChanged:
     """TaskManager → JobManager: a subtask changed state.
 
@@ -398,6 +412,7 @@ ControlMessage = (
     | Heartbeat
     | DeployTask
     | CancelTask
+    | ReleaseJob
     | TaskStateChanged
     | CollectBatch
     | CollectAck

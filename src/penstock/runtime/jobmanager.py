@@ -59,6 +59,7 @@ from penstock.runtime.control import (
     JobResult,
     RegisterTaskManager,
     RegistrationAccepted,
+    ReleaseJob,
     SerializedValue,
     Shutdown,
     SubmitJob,
@@ -657,6 +658,7 @@ class JobManager:
             if tm is not None:
                 tm.used_slots -= count
         job.slots.clear()
+        self._release_job(job)
         self._jobs.pop(job.graph.job_id, None)
         for execution_id in job.executions:
             self._owner.pop(execution_id, None)
@@ -674,6 +676,17 @@ class JobManager:
         for other in list(self._jobs.values()):
             if other.status is _JobStatus.WAITING:
                 self._try_schedule(other)
+
+    def _release_job(self, job: _Job) -> None:
+        """Tells each TaskManager the job ran on to release what it left there."""
+        for tm_id in sorted({execution.tm_id for execution in job.executions.values()}):
+            tm = self._task_managers.get(tm_id)
+            if tm is None:
+                continue
+            try:
+                tm.gateway.send(ReleaseJob(job.graph.job_id))
+            except ClusterError as exc:
+                log.debug("%s: %s cannot release job %r: %s", self.name, tm_id, job.graph.name, exc)
 
     def _send_metric_updates(self) -> None:
         now = time.monotonic()

@@ -33,7 +33,7 @@ from typing import Final, Protocol
 
 from penstock.config import HEARTBEAT_INTERVAL, NUMBER_OF_TASK_SLOTS, Configuration
 from penstock.errors import ClusterError, PenstockError, RemoteError, TaskCancelledError
-from penstock.ids import ExecutionAttemptID, JobID
+from penstock.ids import ExecutionAttemptID, JobID, ResultPartitionID
 from penstock.runtime.control import (
     CancelTask,
     CollectAck,
@@ -44,6 +44,7 @@ from penstock.runtime.control import (
     Heartbeat,
     RegisterTaskManager,
     RegistrationAccepted,
+    ReleaseJob,
     SerializedValue,
     Shutdown,
     TaskStateChanged,
@@ -191,7 +192,9 @@ class TaskExecutor:
         self._lock = threading.Lock()
         self._tasks: dict[ExecutionAttemptID, RunnableTask] = {}
         self._collectors: dict[ExecutionAttemptID, _CollectChannel] = {}
-        self._all_tasks: list[RunnableTask] = []
+        self._all_tasks: list[RunnableTask] = []  # joined on close; ended ones pruned
+        # What each job deployed here: its subtasks and the partitions they produce.
+        self._jobs: dict[JobID, tuple[list[ExecutionAttemptID], list[ResultPartitionID]]] = {}
         self._closed = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.heartbeat_period_s = (
@@ -251,6 +254,8 @@ class TaskExecutor:
                 self.deploy(tdd)
         elif isinstance(message, CancelTask):
             self.cancel(message.execution_id)
+        elif isinstance(message, ReleaseJob):
+            self.release_job(message.job_id)
         elif isinstance(message, CollectAck):
             with self._lock:
                 channel = self._collectors.get(message.execution_id)
@@ -278,7 +283,11 @@ class TaskExecutor:
             with self._lock:
                 self._tasks[execution_id] = task
                 self._collectors[execution_id] = channel
+                self._all_tasks = [t for t in self._all_tasks if not t.join(0)]
                 self._all_tasks.append(task)
+                executions, partitions = self._jobs.setdefault(tdd.job_id, ([], []))
+                executions.append(execution_id)
+                partitions.extend(p.descriptor.partition_id for p in tdd.produced)
             task.start()
         except Exception as exc:
             log.warning("%s: cannot start %s: %s", self.tm_id, tdd.task_name, exc)
@@ -296,6 +305,20 @@ class TaskExecutor:
             channel.cancel()
         if task is not None:
             task.cancel()
+
+    def release_job(self, job_id: JobID) -> None:
+        """The job has ended: cancels what still runs of it, releases its partitions.
+
+        Partitions read to their end are gone already; this releases the others (a
+        consumer failed or was never deployed), whose buffers would otherwise be held
+        for as long as this TaskManager lives.
+        """
+        with self._lock:
+            executions, partitions = self._jobs.pop(job_id, ((), ()))
+        for execution_id in executions:
+            self.cancel(execution_id)
+        for partition_id in partitions:
+            self.shuffle.partition_manager.release_partition(partition_id)
 
     def _on_state(
         self, execution_id: ExecutionAttemptID, state: ExecutionState, error: BaseException | None
