@@ -395,6 +395,7 @@ class TestOptions:
             ("taskmanager.memory.network.min", "-1 mb"),
             ("taskmanager.network.memory.buffers-per-channel", -1),
             ("taskmanager.network.memory.max-buffers-per-channel", 0),
+            ("taskmanager.network.memory.max-buffers-per-channel", 1),
             ("taskmanager.network.partition-request-timeout", 0),
             ("taskmanager.data.port", 65536),
             ("taskmanager.data.ssl.enabled", "yes"),

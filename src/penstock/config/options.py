@@ -256,10 +256,13 @@ FLOATING_BUFFERS_PER_GATE: Final = ConfigOption(
 MAX_BUFFERS_PER_CHANNEL: Final = ConfigOption(
     key="taskmanager.network.memory.max-buffers-per-channel",
     default=10,
-    parser=int_parser(min_value=1),
+    # At 1, the buffer a subpartition is being filled with already reaches the limit:
+    # its task waits for output it can only make available by writing more.
+    parser=int_parser(min_value=2),
     description=(
         "Most buffers one subpartition may hold before its producer counts as "
-        "backpressured, so one slow channel cannot take a whole pool."
+        "backpressured, so one slow channel cannot take a whole pool; at least 2, "
+        "as the buffer being filled counts."
     ),
 )
 MAX_OVERDRAFT_BUFFERS_PER_GATE: Final = ConfigOption(
