@@ -657,6 +657,33 @@ def test_a_bad_record_in_emit_is_a_serialization_error(
         writer.broadcast_emit(bad)  # type: ignore[arg-type]
 
 
+def missing_key(record: dict[str, int]) -> int:
+    return record["k"]
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, 100])
+@pytest.mark.parametrize(
+    "selector",
+    [
+        lambda: KeyGroupStreamPartitioner(missing_key, max_parallelism=128),
+        lambda: CustomPartitionerWrapper(lambda _key, _n: 7, lambda _record: 0),
+    ],
+)
+def test_one_channel_asks_the_selector_on_every_path(
+    selector: Callable[[], ChannelSelector[object]], timeout: int
+) -> None:
+    # A key selector's error (or a custom partitioner's bad answer) does not depend on
+    # the path the record takes, nor on there being one channel, as in Flink.
+    out = Output(1)
+    writer = create_record_writer(out.partition, GenericSerializer(), selector(), timeout)
+    try:
+        for write in (writer.emit, lambda record: writer.emit_batch([record])):
+            with pytest.raises((KeyError, IllegalStateError)):
+                write({"no key": 1})
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("bad", [12345, "text"])
 def test_a_non_bytes_record_for_bytes_serializer_is_a_serialization_error(bad: object) -> None:
     out = Output(1, segment_size=16)

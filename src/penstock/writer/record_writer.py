@@ -231,9 +231,10 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         self._serialize = serializer.serialize
         # Exact bytes records of a BytesSerializer are their own payload.
         self._bytes_pass_through = isinstance(cast(object, serializer), BytesSerializer)
-        single_target = self.num_channels == 1 or isinstance(
-            selector, ForwardPartitioner | GlobalPartitioner
-        )
+        # Only these never look at a record. Any other selector is asked even with one
+        # channel, as emit_batch asks it: a key selector's or a custom partitioner's
+        # error must not depend on the path or on the parallelism.
+        single_target = isinstance(selector, ForwardPartitioner | GlobalPartitioner)
         if self.flush_always:
             self.emit = self._emit_and_flush
         elif self._frame_struct is not None:
