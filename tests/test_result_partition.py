@@ -257,9 +257,27 @@ def test_every_subpartition_reads_exactly_what_was_emitted_to_it(
 
 def test_emit_record_to_a_target_past_the_end_raises() -> None:
     network, partition, _ = make()
-    with pytest.raises((IllegalStateError, IndexError)):
+    partition.emit_record(b"y", 1)  # an open builder: the fast path is taken
+    with pytest.raises(IllegalStateError, match="out of range"):
         partition.emit_record(b"x", 2)
     release_and_check(network, partition)
+
+
+@pytest.mark.parametrize("target", [-1, 2])
+def test_flush_of_a_subpartition_out_of_range_raises(target: int) -> None:
+    network, partition, views = make()
+    partition.emit_record(b"y", 1)
+    with pytest.raises(IllegalStateError, match="out of range"):
+        partition.flush(target)
+    assert not views[1].is_available()  # not flushed instead
+    release_and_check(network, partition)
+
+
+def test_a_partition_refused_at_creation_takes_no_pool() -> None:
+    network = NetworkBufferPool(10, 32)
+    with pytest.raises(IllegalStateError, match="at least one subpartition"):
+        ResultPartition.create(ResultPartitionID.generate(), 0, network)
+    assert (network.number_of_pools, network.required_segments) == (0, 0)
 
 
 def test_emit_record_negative_target_raises() -> None:

@@ -93,9 +93,7 @@ class ResultPartition:
         owner: str = "",
         on_consumed: Callable[[ResultPartition], None] | None = None,
     ) -> None:
-        if num_subpartitions < 1:
-            msg = f"a result partition needs at least one subpartition, not {num_subpartitions}"
-            raise IllegalStateError(msg)
+        _check_subpartition_count(num_subpartitions)
         self.partition_id = partition_id
         self.num_subpartitions = num_subpartitions
         self.buffer_pool = buffer_pool
@@ -132,8 +130,10 @@ class ResultPartition:
         """A partition with a pool sized as Flink sizes pipelined-bounded partitions.
 
         Raises:
+            IllegalStateError: ``num_subpartitions`` is below 1.
             InsufficientBuffersError: The network pool cannot guarantee the minimum.
         """
+        _check_subpartition_count(num_subpartitions)  # before a pool is taken for it
         min_size, max_size = output_pool_size(
             num_subpartitions, buffers_per_channel, floating_buffers_per_gate
         )
@@ -156,9 +156,9 @@ class ResultPartition:
         """
         if self._released:
             self._check_writable()
-        # A negative target must not wrap around to an open builder: it is range-checked
-        # with the others when a builder is requested for it.
-        builder = self._unicast[target] if target >= 0 else None
+        # A target out of range (a negative one must not wrap around to an open builder)
+        # is refused when a builder is requested for it.
+        builder = self._unicast[target] if 0 <= target < self.num_subpartitions else None
         if builder is None:
             builder = self._new_unicast_builder(target)
         written = builder.append(record)
@@ -214,6 +214,8 @@ class ResultPartition:
         consumer.close()
 
     def flush(self, target: int) -> None:
+        if not 0 <= target < self.num_subpartitions:
+            raise self._out_of_range(target)
         self.subpartitions[target].flush()
 
     def flush_all(self) -> None:
@@ -301,8 +303,7 @@ class ResultPartition:
                 raise ProducerFailedError(msg) from self.failure_cause
             raise PartitionReleasedError(msg)
         if not 0 <= index < self.num_subpartitions:
-            msg = f"subpartition {index} out of range 0..{self.num_subpartitions - 1}"
-            raise IllegalStateError(msg)
+            raise self._out_of_range(index)
         return self.subpartitions[index].create_read_view(listener)
 
     def add_consumption_listener(self, listener: Callable[[ResultPartition], None]) -> None:
@@ -352,10 +353,14 @@ class ResultPartition:
                 timer.stop()
         return builder
 
+    def _out_of_range(self, index: int) -> IllegalStateError:
+        return IllegalStateError(
+            f"subpartition {index} out of range 0..{self.num_subpartitions - 1}"
+        )
+
     def _new_unicast_builder(self, target: int) -> BufferBuilder:
         if not 0 <= target < self.num_subpartitions:
-            msg = f"subpartition {target} out of range 0..{self.num_subpartitions - 1}"
-            raise IllegalStateError(msg)
+            raise self._out_of_range(target)
         if self._broadcast is not None:
             self._finish_broadcast()
         builder = self._request_builder(target)
@@ -409,3 +414,9 @@ class ResultPartition:
             f"ResultPartition({self.partition_id}, subpartitions={self.num_subpartitions}, "
             f"owner={self.owner!r})"
         )
+
+
+def _check_subpartition_count(num_subpartitions: int) -> None:
+    if num_subpartitions < 1:
+        msg = f"a result partition needs at least one subpartition, not {num_subpartitions}"
+        raise IllegalStateError(msg)
