@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from penstock.buffer.buffer import DataType
+from penstock.config import Configuration
 from penstock.errors import (
     IllegalStateError,
     PartitionConsumedError,
@@ -16,6 +17,7 @@ from penstock.ids import ResultPartitionID
 from penstock.memory.network_pool import NetworkBufferPool
 from penstock.partition.manager import ResultPartitionManager
 from penstock.partition.result_partition import ResultPartition
+from penstock.shuffle import ResultPartitionDeploymentDescriptor, ShuffleEnvironment
 
 
 class RecordingListener:
@@ -69,6 +71,21 @@ def test_duplicate_registration_is_refused(network: NetworkBufferPool) -> None:
         manager.register_result_partition(twin)
     assert str(partition.partition_id) in str(info.value)
     assert manager.get(partition.partition_id) is partition
+
+
+def test_a_partition_the_shuffle_cannot_register_gives_its_pool_back() -> None:
+    shuffle = ShuffleEnvironment.from_configuration(Configuration(), name="tm")
+    try:
+        descriptor = ResultPartitionDeploymentDescriptor(ResultPartitionID.generate(), 2)
+        first = shuffle.create_result_partition(descriptor)
+        with pytest.raises(IllegalStateError, match="already registered"):
+            shuffle.create_result_partition(descriptor)
+        assert shuffle.network_pool.number_of_pools == 1
+        first.release()
+        first.close()
+        assert shuffle.network_pool.number_of_pools == 0
+    finally:
+        shuffle.close()
 
 
 def test_registration_listener_is_called_on_register(network: NetworkBufferPool) -> None:

@@ -170,11 +170,11 @@ class ShuffleEnvironment:
             return
         self._closed = True
         self.partition_manager.shutdown()
-        if self._started:
-            try:
+        try:
+            if self._started:
                 self.loop_thread.run(self._close_network(), timeout=10)
-            finally:
-                self.loop_thread.stop()
+        finally:
+            self.loop_thread.stop()  # closes the loop even if it never ran
         self.network_pool.destroy()
 
     async def _close_network(self) -> None:
@@ -210,7 +210,12 @@ class ShuffleEnvironment:
             max_overdraft_buffers=opts.max_overdraft_buffers_per_gate,
             owner=owner,
         )
-        self.partition_manager.register_result_partition(partition)
+        try:
+            self.partition_manager.register_result_partition(partition)
+        except BaseException:
+            partition.release()
+            partition.close()  # gives its pool back
+            raise
         return partition
 
     # -- consuming -------------------------------------------------------------------
