@@ -265,6 +265,17 @@ def test_excess_is_shared_in_proportion_to_growth_room(
     assert network.number_of_pools == 0
 
 
+def test_redistribution_rounds_as_flink_does() -> None:
+    # Flink's redistributeBuffers rounds each cumulative share down: an excess of 5
+    # split 8:8 gives 2 to the first pool and 3 to the last.
+    network = NetworkBufferPool(7, 16)
+    first = network.create_buffer_pool(1, 9)
+    second = network.create_buffer_pool(1, 9)
+    assert (first.num_buffers, second.num_buffers) == (3, 4)
+    first.destroy()
+    second.destroy()
+
+
 def test_redistribution_example() -> None:
     network = NetworkBufferPool(12, 16)
     first = network.create_buffer_pool(0, 12)  # may grow by 12

@@ -310,8 +310,9 @@ class NetworkBufferPool:
         """Shares the segments no minimum needs among the pools that can grow.
 
         Each pool gets its minimum plus a share of the excess proportional to how far it
-        can grow (``max - min``, capped by the excess); shares are rounded so that they
-        add up to exactly what is distributed. Called under ``_factory_lock``.
+        can grow (``max - min``, capped by the excess); cumulative shares are rounded
+        down, as in Flink, so that they add up to exactly what is distributed. Called
+        under ``_factory_lock``.
         """
         excess = self.total_segments - self._required
         if excess < 0:  # pragma: no cover - prevented by _check_can_require
@@ -327,6 +328,8 @@ class NetworkBufferPool:
                 pool.set_num_buffers(pool.min_size)
                 continue
             parts_used += capacity
-            share = -(-parts_used * to_distribute // total_capacity) - distributed
+            # Rounded down, as Flink's redistributeBuffers does: the last pool takes
+            # what the earlier ones' rounding left.
+            share = parts_used * to_distribute // total_capacity - distributed
             distributed += share
             pool.set_num_buffers(pool.min_size + share)
