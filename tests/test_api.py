@@ -131,6 +131,26 @@ def test_from_collection_copies_the_records_and_infers_fast_types() -> None:
     assert env.from_collection([1, 2], type_info=str).output_type is str
 
 
+@pytest.mark.parametrize("sample", ["int", 0, b""])
+def test_a_record_given_as_a_type_is_refused_when_the_job_is_built(sample: object) -> None:
+    # A sample would silently pick the serializer of its own type ("int" a str's).
+    env = StreamExecutionEnvironment.get_execution_environment()
+    with pytest.raises(TypeError, match="type_info must be a type"):
+        env.from_collection([1], type_info=sample)  # type: ignore[arg-type]
+    stream = env.from_collection([1])
+    with pytest.raises(TypeError, match="output_type must be a type"):
+        stream.map(str, output_type=sample)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="output_type must be a type"):
+        stream.key_by(abs).process(lambda value, ctx: [value], output_type=sample)  # type: ignore[arg-type]
+
+
+def test_type_hints_are_types_too() -> None:
+    env = StreamExecutionEnvironment.get_execution_environment()
+    stream = env.from_collection([1]).map(lambda x: (x, str(x)), output_type=tuple[int, str])
+    assert stream.output_type == tuple[int, str]
+    assert env.from_collection([[1]], type_info=list[int]).output_type == list[int]
+
+
 # -- streams -----------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from penstock.functions import (
     as_reduce,
     as_sink,
 )
+from penstock.serialization.types import check_type_info
 from penstock.task.operator import OperatorFactory
 from penstock.task.operators import (
     CollectSinkFactory,
@@ -245,6 +246,8 @@ class DataStream(_OperatorSettings):
         *,
         type_inferred: bool = False,
     ) -> DataStream:
+        if output_type is not None:
+            output_type = check_type_info(output_type, "output_type")
         operator = OperatorTransformation(
             id=self._env._next_id(),
             name=name,

@@ -34,6 +34,7 @@ from penstock.config import (
 )
 from penstock.errors import ConfigurationError, SerializationError
 from penstock.runtime.job_graph import JobGraph
+from penstock.serialization.types import check_type_info
 from penstock.task.operator import snapshot
 from penstock.task.operators import CollectionSourceFactory, SequenceSourceFactory
 
@@ -182,6 +183,8 @@ class StreamExecutionEnvironment:
                 ``struct.Struct`` layout for tuples of its fields, picks a fast
                 serializer. Inferred when every record has the same such type.
         """
+        if type_info is not None:
+            type_info = check_type_info(type_info, "type_info")
         records = tuple(map(_copied, collection))
         output_type = _infer_type(records) if type_info is None else type_info
         source = OperatorTransformation(

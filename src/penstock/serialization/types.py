@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Sequence
-from typing import Final, Generic, Protocol, TypeAlias, TypeVar, cast, overload
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar, cast, get_origin, overload
 
 import numpy as np
 
@@ -57,6 +57,7 @@ __all__ = [
     "StructSerializer",
     "TypeInfo",
     "TypeSerializer",
+    "check_type_info",
     "serializer_for",
 ]
 
@@ -65,6 +66,25 @@ T = TypeVar("T")
 TypeInfo: TypeAlias = type | struct.Struct
 """What a stream's records are, to pick their serializer: ``int``, ``float``, ``str`` or
 ``bytes``, or a ``struct.Struct`` for records that are tuples of its fixed fields."""
+
+
+def check_type_info(value: object, parameter: str) -> TypeInfo:
+    """``value`` if it can be a stream's ``TypeInfo``, else a TypeError naming ``parameter``.
+
+    A type hint such as ``tuple[int, str]`` or ``int | None`` is accepted (its records
+    get ``GenericSerializer``). A sample record (``"int"``, ``0``) is refused: it would
+    silently pick the serializer of its own type.
+    """
+    if isinstance(value, type | struct.Struct):
+        return value
+    if get_origin(value) is not None:
+        return cast(TypeInfo, value)
+    msg = (
+        f"{parameter} must be a type (int, float, str, bytes, or any other class) or a "
+        f"struct.Struct layout, not {value!r} (a {type(value).__name__})"
+    )
+    raise TypeError(msg)
+
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
