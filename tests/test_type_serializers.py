@@ -310,10 +310,22 @@ def test_struct_serializer_forces_big_endian_and_tuples() -> None:
     assert little.frame_struct.format == ">ii"
 
 
-@pytest.mark.parametrize("fmt", ["", "x", "zz", "n"])
+@pytest.mark.parametrize("fmt", ["", "x", "zz", "=n", ">P"])
 def test_struct_serializer_rejects_bad_formats(fmt: str) -> None:
     with pytest.raises(SerializationError):
         StructSerializer(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["l", "@L", "n", "N", "P", "2lh", "@?l"])
+def test_a_native_layout_keeps_its_native_widths(fmt: str) -> None:
+    # Every layout is written big-endian, but a native long (8 bytes on 64-bit Linux)
+    # must not become the standard 4-byte one: values that fit the user's layout fit.
+    native = struct.Struct(fmt)
+    serializer = StructSerializer(fmt)
+    fields = native.unpack(bytes(range(1, native.size + 1)))
+    assert serializer.deserialize(serializer.serialize(fields)) == fields
+    framed = serializer.serialize_frames([fields] * 3)
+    assert serializer.deserialize_frames(memoryview(framed)) == [fields] * 3
 
 
 @pytest.mark.parametrize(

@@ -158,11 +158,27 @@ _NUMPY_CODES: Final = {
 }
 
 
+_NATIVE_WIDTHS: Final = (
+    str.maketrans({"l": "q", "L": "Q", "n": "q", "N": "Q", "P": "Q"})
+    if struct.calcsize("@l") == struct.calcsize("@P") == 8
+    else str.maketrans({"n": "i", "N": "I", "P": "I"})
+)
+"""Native-size codes as the standard codes of the same width on this machine."""
+
+
 def _normalize_format(fmt: str) -> str:
-    """``fmt`` without its byte-order character; every layout here is big-endian."""
+    """``fmt`` without its byte-order character; every layout here is big-endian.
+
+    A layout in native mode (no prefix, or ``@``) keeps its fields' native widths: a
+    ``long`` is 8 bytes on 64-bit Linux, where the standard ``l`` has 4, so it is
+    written ``q``; ``n``, ``N`` and ``P``, native only, likewise.
+    """
     body = fmt.strip()
+    native = body[:1] not in ("=", "<", ">", "!")
     if body[:1] in ("@", "=", "<", ">", "!"):
         body = body[1:]
+    if native:
+        body = body.translate(_NATIVE_WIDTHS)
     try:
         struct.Struct(">" + body)
     except struct.error as exc:
