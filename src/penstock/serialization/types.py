@@ -437,7 +437,9 @@ class StructSerializer(FixedSizeSerializer[tuple[object, ...]]):
 
     Records are tuples with one item per field, even for a single-field layout: a layout
     has one record type, whatever its width. ``IntSerializer`` and ``FloatSerializer`` are
-    the scalar counterparts. Any byte-order prefix of ``fmt`` is replaced by ``>``.
+    the scalar counterparts. Any byte-order prefix of ``fmt`` is replaced by ``>``; a
+    native layout keeps its fields' native widths (``l`` is written as ``q`` on 64-bit
+    Linux), not their alignment padding.
     """
 
     __slots__ = ()
