@@ -42,6 +42,9 @@ EXIT_INTERRUPTED: Final = 130
 
 EXIT_JOB_FAILED: Final = 1
 
+EXIT_BAD_CONFIGURATION: Final = 2
+"""Exit status for bad usage or configuration, as argparse exits on bad usage."""
+
 DEFAULT_EXAMPLE: Final = "word_count"
 """What ``penstock run`` runs without a job file or ``--example``."""
 
@@ -137,7 +140,12 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             return EXIT_JOB_FAILED
         except ConfigurationError as exc:  # the job's own settings, found at submission
             view.close()
-            return usage_error("run", str(exc))
+            if job_file is None:
+                return usage_error("run", str(exc))
+            # Raised by the file's own code (set_parallelism(0)) or found when it
+            # submitted its job: where in the file it happened is worth its traceback.
+            _print_job_file_error(job_file, exc)
+            return EXIT_BAD_CONFIGURATION
         except ClusterError as exc:
             view.close()
             print(f"penstock run: {exc}", file=sys.stderr)
