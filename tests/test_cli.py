@@ -27,6 +27,7 @@ from penstock.examples import EXAMPLES, load_example
 from penstock.ids import JobID
 from penstock.runtime.client import observe_jobs
 from penstock.runtime.control import JobMetricsUpdate
+from tls_certs import make_ca, openssl_available
 
 REPO: Final = Path(__file__).parent.parent
 FIRST_JOB: Final = REPO / "examples" / "first_job.py"
@@ -684,6 +685,55 @@ def test_an_error_in_the_job_file_is_shown_from_the_file_on(
     assert err.rstrip().endswith("ValueError: invalid literal for int() with base 10: 'x'")
     assert "runpy" not in err
     assert "penstock/cli" not in err
+
+
+def test_a_bad_setting_made_by_the_job_file_exits_2_with_its_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = tmp_path / "zero.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 3).map(abs).set_parallelism(0)\n"
+        "env.execute()\n"
+    )
+    assert main(["run", str(job_file), *LOCAL]) == 2
+    err = capsys.readouterr().err
+    assert f'File "{job_file}", line 3, in <module>' in err
+    assert (
+        err.rstrip()
+        .splitlines()[-1]
+        .startswith("penstock.errors.ConfigurationError: Invalid configuration parallelism=0")
+    )
+
+
+@pytest.mark.parametrize("key_material", [False, True])
+def test_run_with_network_settings_no_task_manager_could_use_exits_2_at_once(
+    key_material: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found before any TaskManager starts, not as processes that exit on their way up.
+    if key_material:
+        if not openssl_available():
+            pytest.skip("the openssl command is needed to make test certificates")
+        ca = make_ca(tmp_path)
+        key, setting = (
+            "security.ssl.internal.keystore",
+            [
+                "-D",
+                "security.ssl.internal.enabled=true",
+                "-D",
+                f"security.ssl.internal.keystore={tmp_path / 'missing.pem'}",
+                "-D",
+                f"security.ssl.internal.truststore={ca.cert}",
+            ],
+        )
+    else:
+        key, setting = "taskmanager.host", ["-D", "taskmanager.host=no-such-host.invalid"]
+    before = child_pids()
+    assert main(["run", "--example", "broadcast", *setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"penstock run: error: Invalid configuration {key}=")
+    assert child_pids() == before
 
 
 def test_a_job_file_that_does_not_compile_shows_where(

@@ -33,6 +33,7 @@ import contextvars
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ from penstock.config import (
     JOBMANAGER_RPC_ADDRESS,
     JOBMANAGER_RPC_PORT,
     NUMBER_OF_TASK_SLOTS,
+    TASKMANAGER_HOST,
     Configuration,
     ShuffleOptions,
     heartbeat_timeout_ms,
@@ -70,7 +72,7 @@ from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, required_slots
 from penstock.runtime.minicluster import MiniCluster, task_managers_for
 from penstock.runtime.taskmanager import TaskExecutor
-from penstock.transport.tls import SslOptions
+from penstock.transport.tls import SslOptions, client_context, server_context
 
 __all__ = [
     "CANCEL_WAIT_S",
@@ -450,6 +452,31 @@ def _check_minicluster_data_port(task_managers: int, port: int) -> None:
         raise ConfigurationError(DATA_PORT.key, port, reason)
 
 
+def _check_minicluster_network(config: Configuration) -> None:
+    """What a mini-cluster's TaskManagers would find wrong with their network settings.
+
+    Found here, before any process starts, rather than by each TaskManager on its way
+    up, where the reason would reach the user only as a process that exited.
+
+    Raises:
+        ConfigurationError: TLS key material cannot be loaded (a file is missing or
+            invalid, the key password is wrong), or no socket can be bound on
+            ``taskmanager.host``.
+    """
+    ssl_options = SslOptions.from_configuration(config)
+    if ssl_options.enabled:
+        server_context(ssl_options)
+        client_context(ssl_options)
+    host = config.get(TASKMANAGER_HOST)
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror too: a name that does not resolve
+        reason = f"cannot bind the data port on {host}: {exc.strerror or exc}"
+        raise ConfigurationError(TASKMANAGER_HOST.key, host, reason) from exc
+
+
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
     """Submits ``job`` to the target of ``execution.target``; the session owns the cluster.
 
@@ -484,6 +511,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
         task_managers = task_managers_for(job, merged)
         _check_minicluster_data_port(task_managers, merged.get(DATA_PORT))
         _check_minicluster_slots(job, task_managers, merged.get(NUMBER_OF_TASK_SLOTS))
+        _check_minicluster_network(merged)
         cluster = MiniCluster(merged, task_managers).start()
         try:
             return InProcessSession(cluster.job_manager, job, cluster.close, metrics)
