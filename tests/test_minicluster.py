@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -32,8 +32,20 @@ from cluster_helpers import (
 )
 from penstock.api import StreamExecutionEnvironment
 from penstock.config import Configuration
-from penstock.errors import ClusterError, IllegalStateError, SerializationError
-from penstock.runtime.client import execute, execute_and_collect, observe_jobs
+from penstock.errors import (
+    ClusterError,
+    IllegalStateError,
+    JobExecutionError,
+    SerializationError,
+)
+from penstock.runtime.client import (
+    CloseableIterator,
+    JobSession,
+    _collect,
+    execute,
+    execute_and_collect,
+    observe_jobs,
+)
 from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate, JobResult, new_secret
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, plan_slots, required_slots
@@ -278,10 +290,51 @@ def test_collect_limit_and_close_cancel_the_job() -> None:
     iterator = execute_and_collect(doubling_job(count=10**12), config)
     first = [next(iterator) for _ in range(3)]
     assert all(isinstance(value, int) and value % 2 == 0 for value in first)
-    assert isinstance(iterator, Generator)
+    assert isinstance(iterator, CloseableIterator)
     iterator.close()
     with pytest.raises(StopIteration):
         next(iterator)
+
+
+def test_collect_in_a_with_block_cancels_the_job_when_the_block_ends() -> None:
+    # PyFlink's idiom: with ds.execute_and_collect() as results: ...
+    config = Configuration({"execution.target": "local"})
+    with execute_and_collect(doubling_job(count=10**12), config) as records:
+        assert [cast(int, next(records)) % 2 for _ in range(3)] == [0, 0, 0]
+    with pytest.raises(StopIteration):
+        next(records)
+
+
+class LostSession:
+    """A session whose JobManager is gone: every read raises, and nothing else comes."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.job = doubling_job(1)
+
+    def next_event(self, timeout_s: float | None = None) -> None:
+        self.calls.append("next_event")
+        msg = "lost the JobManager"
+        raise JobExecutionError(msg, self.job.job_id)
+
+    def ack(self, batch: object) -> None:
+        self.calls.append("ack")
+
+    def cancel(self) -> None:
+        self.calls.append("cancel")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_collect_raises_a_lost_job_manager_without_waiting_for_a_result() -> None:
+    # Waiting for the result of a cancel would take CANCEL_WAIT_S: no result can come.
+    session = LostSession()
+    records = _collect(cast("JobSession", session), None, None)
+    assert next(records) is None  # the placeholder
+    with pytest.raises(JobExecutionError, match="lost the JobManager"):
+        next(records)
+    assert session.calls == ["next_event", "close"]
 
 
 @pytest.mark.cluster

@@ -21,7 +21,6 @@ or not: "Source: Sequence Source", "Sink: Unnamed", "Sink: my sink".
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final, Self, cast
 
 from penstock.api.stream_graph import (
@@ -60,6 +59,7 @@ from penstock.task.operators import (
 
 if TYPE_CHECKING:
     from penstock.api.environment import StreamExecutionEnvironment
+    from penstock.runtime.client import CloseableIterator
     from penstock.serialization.types import TypeInfo
     from penstock.writer.partitioners import KeySelector, Partitioner
 
@@ -450,12 +450,14 @@ class DataStream(_OperatorSettings):
 
     def execute_and_collect(
         self, job_name: str | None = None, limit: int | None = None
-    ) -> Iterator[object]:
+    ) -> CloseableIterator[object]:
         """Runs the job and iterates over this stream's records as they arrive.
 
         Adds a parallelism-1 collect sink to the stream and executes every operator of
-        the environment, as Flink's ``executeAndCollect`` does. Closing the iterator, or
-        reaching ``limit`` records, cancels the job.
+        the environment, as Flink's ``executeAndCollect`` does. Closing the iterator
+        (or leaving ``with ds.execute_and_collect() as records:``), or reaching
+        ``limit`` records, cancels the job. With ``limit`` too the records come as an
+        iterator (PyFlink gives a list then): ``list()`` it for one.
 
         Args:
             job_name: The job's name.

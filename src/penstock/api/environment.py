@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Self
 
 from penstock.api.datastream import DataStream
@@ -39,7 +39,7 @@ from penstock.task.operator import snapshot
 from penstock.task.operators import CollectionSourceFactory, SequenceSourceFactory
 
 if TYPE_CHECKING:
-    from penstock.runtime.client import JobExecutionResult
+    from penstock.runtime.client import CloseableIterator, JobExecutionResult
     from penstock.serialization.types import TypeInfo
 
 __all__ = ["StreamExecutionEnvironment"]
@@ -267,7 +267,9 @@ class StreamExecutionEnvironment:
         job = self.get_stream_graph(job_name, clear_transformations=True).get_job_graph()
         return client.execute(job, Configuration(self._config))
 
-    def _execute_and_collect(self, job_name: str | None, limit: int | None) -> Iterator[object]:
+    def _execute_and_collect(
+        self, job_name: str | None, limit: int | None
+    ) -> CloseableIterator[object]:
         from penstock.runtime import client  # loaded on demand: it is large
 
         job = self.get_stream_graph(job_name, clear_transformations=True).get_job_graph()

@@ -36,9 +36,9 @@ import queue
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import cloudpickle
 
@@ -76,6 +76,7 @@ from penstock.transport.tls import SslOptions, client_context, server_context
 
 __all__ = [
     "CANCEL_WAIT_S",
+    "CloseableIterator",
     "InProcessSession",
     "JobEvent",
     "JobExecutionResult",
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CANCEL_WAIT_S: Final = 15.0
 """How long a cancelled job may take to report its end before the client gives up."""
@@ -341,6 +344,7 @@ class RemoteSession:
         submission = _submission(job, metrics)
         self.job = job
         self._events: queue.SimpleQueue[JobEvent | BaseException] = queue.SimpleQueue()
+        self._lost: BaseException | None = None
         connection = self._connection = connect()
         try:
             connection.send(submission)
@@ -350,11 +354,14 @@ class RemoteSession:
             raise
 
     def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
+        if self._lost is not None:
+            self._events.put(self._lost)  # every later call raises it too
         try:
             event = self._events.get(timeout=timeout_s)
         except queue.Empty:
             return None
         if isinstance(event, BaseException):
+            self._lost = event
             msg = f"lost the JobManager at {self._connection.peer} while job {self.job.name!r} ran"
             raise JobExecutionError(msg, self.job.job_id) from event
         return event
@@ -659,9 +666,37 @@ def execute(job: JobGraph, config: Configuration) -> JobExecutionResult:
         session.close()
 
 
+class CloseableIterator(Iterator[T]):
+    """The records of ``execute_and_collect``, as PyFlink's ``CloseableIterator``.
+
+    Iterating reads the records as they arrive; ``close()``, or leaving a ``with``
+    block, cancels the job if it still runs and releases its cluster.
+    """
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: Generator[T, None, None]) -> None:
+        self._records = records
+
+    def __iter__(self) -> CloseableIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._records)
+
+    def close(self) -> None:
+        self._records.close()
+
+    def __enter__(self) -> CloseableIterator[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def execute_and_collect(
     job: JobGraph, config: Configuration, limit: int | None = None
-) -> Iterator[object]:
+) -> CloseableIterator[object]:
     """Runs ``job`` and yields the records of its collect sink as they arrive.
 
     The job is submitted now. At most a few batches per sink task are in flight, so a
@@ -677,12 +712,12 @@ def execute_and_collect(
     # Into its try block at once: a generator closed (or dropped) before it ever ran
     # skips its finally, and the job would run on with nobody reading.
     next(records)
-    return records
+    return CloseableIterator(records)
 
 
 def _collect(
     session: JobSession, limit: int | None, observer: MetricsObserver | None
-) -> Iterator[object]:
+) -> Generator[object, None, None]:
     """The records of ``session``; the first item yielded is a placeholder to skip."""
     count = 0
     ended = False
@@ -691,7 +726,11 @@ def _collect(
         if limit is not None and limit <= 0:
             return
         while True:
-            event = session.next_event()
+            try:
+                event = session.next_event()
+            except JobExecutionError:
+                ended = True  # the JobManager is lost: no result will come to wait for
+                raise
             if event is None:
                 continue
             if isinstance(event, JobResult):
