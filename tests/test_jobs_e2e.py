@@ -20,7 +20,7 @@ import os
 import random
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
 
@@ -42,6 +42,7 @@ from penstock.functions import (
     ReduceFunction,
     SinkFunction,
 )
+from penstock.runtime.client import CloseableIterator
 from penstock.writer.key_groups import DEFAULT_MAX_PARALLELISM, assign_to_channel
 
 if TYPE_CHECKING:
@@ -546,7 +547,7 @@ def test_closing_the_collect_iterator_cancels_the_job() -> None:
     assert isinstance(first, int)
     assert len(child_pids() - before) == 2  # the two TaskManagers run the job
 
-    assert isinstance(iterator, Generator)
+    assert isinstance(iterator, CloseableIterator)
     iterator.close()
 
     assert child_pids() - before == set()
@@ -558,7 +559,7 @@ def test_closing_the_collect_iterator_before_reading_cancels_the_job() -> None:
     iterator = env.from_sequence(0, 10**15).map(lambda v: v).execute_and_collect("never read")
     assert len(child_pids() - before) == 2  # submitted: the TaskManagers run it
 
-    assert isinstance(iterator, Generator)
+    assert isinstance(iterator, CloseableIterator)
     iterator.close()
 
     assert child_pids() - before == set()
