@@ -684,6 +684,25 @@ def test_one_channel_asks_the_selector_on_every_path(
         writer.close()
 
 
+class CountingRebalance(RebalancePartitioner[int]):
+    calls = 0
+
+    def select_channel(self, record: int) -> int:
+        CountingRebalance.calls += 1
+        return super().select_channel(record)
+
+
+def test_one_channel_does_not_ask_routing_that_never_reads_records() -> None:
+    # Nothing to learn from it, and a call per record on the path of every N-to-1 edge.
+    out = Output(1)
+    writer = create_record_writer(out.partition, IntSerializer(), CountingRebalance(), -1)
+    for record in range(10):
+        writer.emit(record)
+    assert CountingRebalance.calls == 0
+    (drained,) = out.finish_and_drain()
+    assert records_in(IntSerializer(), drained.data) == list(range(10))
+
+
 @pytest.mark.parametrize("bad", [12345, "text"])
 def test_a_non_bytes_record_for_bytes_serializer_is_a_serialization_error(bad: object) -> None:
     out = Output(1, segment_size=16)

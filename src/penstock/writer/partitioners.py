@@ -209,6 +209,8 @@ class StreamPartitioner(ABC, Generic[T]):
     display_name: str = "?"
     is_broadcast: bool = False
     is_pointwise: bool = False
+    reads_records: bool = True
+    """Whether the channel depends on the record (a key selector's, a custom one's)."""
 
     def __init__(self) -> None:
         self._n = 0
@@ -271,6 +273,7 @@ def _first_only(records: Sequence[T], n: int) -> list[list[T]]:
 class ForwardPartitioner(StreamPartitioner[T]):
     """Every record to channel 0: the one consumer subtask paired with this producer."""
 
+    reads_records = False
     __slots__ = ()
     display_name = "FORWARD"
     is_pointwise = True
@@ -288,6 +291,7 @@ class ForwardPartitioner(StreamPartitioner[T]):
 class GlobalPartitioner(StreamPartitioner[T]):
     """Every record to channel 0: the first subtask of the consumer."""
 
+    reads_records = False
     __slots__ = ()
     display_name = "GLOBAL"
 
@@ -304,6 +308,7 @@ class GlobalPartitioner(StreamPartitioner[T]):
 class BroadcastPartitioner(StreamPartitioner[T]):
     """Every record to every channel; the writer broadcasts, so selection is an error."""
 
+    reads_records = False
     __slots__ = ()
     display_name = "BROADCAST"
     is_broadcast = True
@@ -321,6 +326,7 @@ class BroadcastPartitioner(StreamPartitioner[T]):
 class _RoundRobinPartitioner(StreamPartitioner[T]):
     """Channels in turn, one record each, after the channel in ``_next``."""
 
+    reads_records = False
     __slots__ = ("_next",)
 
     def __init__(self) -> None:
@@ -397,6 +403,7 @@ class ShufflePartitioner(StreamPartitioner[T]):
             the operating system's randomness.
     """
 
+    reads_records = False
     __slots__ = ("_generator", "_random", "_seed")
     display_name = "SHUFFLE"
 

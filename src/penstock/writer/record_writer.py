@@ -205,8 +205,9 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
 
     ``emit`` is chosen once, at construction, for the record type and the routing:
     fixed-size frames are packed straight into the open buffer, other payloads are
-    written as prefix + payload into it, and a writer with a single target (one
-    channel, forward or global) does not call the selector at all. Each path leaves
+    written as prefix + payload into it, and a writer with a single target (forward,
+    global, or one channel with routing that does not read records) does not call the
+    selector at all. Each path leaves
     the buffer that a record would fill or overflow to ``ResultPartition.emit_record``.
     """
 
@@ -231,10 +232,13 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         self._serialize = serializer.serialize
         # Exact bytes records of a BytesSerializer are their own payload.
         self._bytes_pass_through = isinstance(cast(object, serializer), BytesSerializer)
-        # Only these never look at a record. Any other selector is asked even with one
-        # channel, as emit_batch asks it: a key selector's or a custom partitioner's
-        # error must not depend on the path or on the parallelism.
-        single_target = isinstance(selector, ForwardPartitioner | GlobalPartitioner)
+        # Routing that never looks at a record is skipped where it has one answer. A
+        # key selector or a custom partitioner is asked for every record, even with one
+        # channel, as in Flink and as emit_batch asks it: its errors must not depend on
+        # the path or on the parallelism.
+        single_target = isinstance(selector, ForwardPartitioner | GlobalPartitioner) or (
+            self.num_channels == 1 and not getattr(selector, "reads_records", True)
+        )
         if self.flush_always:
             self.emit = self._emit_and_flush
         elif self._frame_struct is not None:
