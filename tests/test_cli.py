@@ -707,6 +707,24 @@ def test_a_bad_setting_made_by_the_job_file_exits_2_with_its_traceback(
     )
 
 
+def test_a_bad_dash_d_setting_with_a_job_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The file did not set it: its traceback would point at its execute() call.
+    job_file = tmp_path / "fine.py"
+    job_file.write_text(
+        "from penstock import StreamExecutionEnvironment\n"
+        "env = StreamExecutionEnvironment.get_execution_environment()\n"
+        "env.from_sequence(1, 3).print()\n"
+        "env.execute()\n"
+    )
+    setting = ["-D", "taskmanager.host=no-such-host.invalid"]
+    assert main(["run", str(job_file), *setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("penstock run: error: Invalid configuration taskmanager.host=")
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("key_material", [False, True])
 def test_run_with_network_settings_no_task_manager_could_use_exits_2_at_once(
     key_material: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]

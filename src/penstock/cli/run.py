@@ -140,10 +140,10 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             return EXIT_JOB_FAILED
         except ConfigurationError as exc:  # the job's own settings, found at submission
             view.close()
-            if job_file is None:
-                return usage_error("run", str(exc))
-            # Raised by the file's own code (set_parallelism(0)) or found when it
-            # submitted its job: where in the file it happened is worth its traceback.
+            if job_file is None or exc.key in config:
+                return usage_error("run", str(exc))  # a setting of the command line's
+            # The file's own code set it (set_parallelism(0)): where in the file is
+            # worth its traceback.
             _print_job_file_error(job_file, exc)
             return EXIT_BAD_CONFIGURATION
         except ClusterError as exc:
