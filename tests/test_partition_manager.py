@@ -88,6 +88,13 @@ def test_a_partition_the_shuffle_cannot_register_gives_its_pool_back() -> None:
         shuffle.close()
 
 
+def test_a_shuffle_closed_before_it_started_cannot_start() -> None:
+    shuffle = ShuffleEnvironment.from_configuration(Configuration(), name="tm")
+    shuffle.close()
+    with pytest.raises(IllegalStateError, match="closed"):
+        shuffle.start()
+
+
 def test_registration_listener_is_called_on_register(network: NetworkBufferPool) -> None:
     manager = ResultPartitionManager()
     partition = new_partition(network)

@@ -142,6 +142,7 @@ class ShuffleEnvironment:
         """
         if self._started:
             return self.data_address
+        self._check_open()  # closed unstarted: its loop is closed too
         self._started = True
         self.loop_thread.start()
         try:
