@@ -158,11 +158,13 @@ _NUMPY_CODES: Final = {
 }
 
 
-_NATIVE_WIDTHS: Final = (
-    str.maketrans({"l": "q", "L": "Q", "n": "q", "N": "Q", "P": "Q"})
-    if struct.calcsize("@l") == struct.calcsize("@P") == 8
-    else str.maketrans({"n": "i", "N": "I", "P": "I"})
-)
+def _standard_code(native: str) -> str:
+    """The standard code of ``native``'s width on this machine, unsigned if it is."""
+    signed = {4: "i", 8: "q"}[struct.calcsize("@" + native)]
+    return signed.upper() if native.isupper() else signed
+
+
+_NATIVE_WIDTHS: Final = str.maketrans({code: _standard_code(code) for code in "lLnNP"})
 """Native-size codes as the standard codes of the same width on this machine."""
 
 
