@@ -128,7 +128,7 @@ _EQUAL_RUN_MIN: Final = 8
 """Frames at the start of a region from which the equal-length bulk path is tried."""
 
 
-_EQUAL_RUN_CHUNK: Final = 128
+_EQUAL_RUN_CHUNK: Final = 512
 """Frames one cached ``Struct`` cuts at most.
 
 A Struct holds two codes per frame, and a buffer's frame count varies with its fill
@@ -177,7 +177,8 @@ def _equal_length_run(whole: bytes | memoryview) -> tuple[list[bytes], int]:
         if count < _EQUAL_RUN_MIN:
             return [], 0
         values = values[: 2 * count]
-    return list(values[1::2]), count * frame
+    payloads = values[1::2]
+    return (payloads if isinstance(payloads, list) else list(payloads)), count * frame
 
 
 def _complete_payloads(data: memoryview) -> tuple[list[bytes], int]:
