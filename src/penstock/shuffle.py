@@ -42,11 +42,26 @@ __all__ = [
     "ResultPartitionDeploymentDescriptor",
     "ShuffleDescriptor",
     "ShuffleEnvironment",
+    "data_port_bind_error",
 ]
 
 log = logging.getLogger(__name__)
 
 _FLOATING_POOL_MIN: Final = 1
+
+
+def data_port_bind_error(host: str, port: int, error: OSError) -> ConfigurationError:
+    """The ConfigurationError for a data port that cannot be bound on ``host:port``.
+
+    It names ``taskmanager.data.port`` when that port is taken or privileged, else
+    ``taskmanager.host`` (a name that does not resolve, an address not of this host).
+    """
+    # asyncio words the error with the address already; the system's words suffice.
+    detail = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
+    reason = f"cannot bind the data port on {host}:{port}: {detail}"
+    if port and error.errno in (errno.EADDRINUSE, errno.EACCES):  # taken, or privileged
+        return ConfigurationError(DATA_PORT.key, port, reason)
+    return ConfigurationError(TASKMANAGER_HOST.key, host, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +168,7 @@ class ShuffleEnvironment:
         return self.data_address
 
     def _bind_error(self, error: OSError) -> ConfigurationError:
-        host, port = self.server.host, self.server.requested_port
-        # asyncio words the error with the address already; the system's words suffice.
-        detail = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
-        reason = f"cannot bind the data port on {host}:{port}: {detail}"
-        if port and error.errno in (errno.EADDRINUSE, errno.EACCES):  # taken, or privileged
-            return ConfigurationError(DATA_PORT.key, port, reason)
-        return ConfigurationError(TASKMANAGER_HOST.key, host, reason)
+        return data_port_bind_error(self.server.host, self.server.requested_port, error)
 
     @property
     def data_address(self) -> ConnectionID:

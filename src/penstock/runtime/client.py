@@ -72,6 +72,7 @@ from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager, required_slots
 from penstock.runtime.minicluster import MiniCluster, task_managers_for
 from penstock.runtime.taskmanager import TaskExecutor
+from penstock.shuffle import data_port_bind_error
 from penstock.transport.tls import SslOptions, client_context, server_context
 
 __all__ = [
@@ -354,17 +355,16 @@ class RemoteSession:
             raise
 
     def next_event(self, timeout_s: float | None = None) -> JobEvent | None:
-        if self._lost is not None:
-            self._events.put(self._lost)  # every later call raises it too
-        try:
-            event = self._events.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-        if isinstance(event, BaseException):
+        if self._lost is None:  # once lost, every call raises: nothing more will come
+            try:
+                event = self._events.get(timeout=timeout_s)
+            except queue.Empty:
+                return None
+            if not isinstance(event, BaseException):
+                return event
             self._lost = event
-            msg = f"lost the JobManager at {self._connection.peer} while job {self.job.name!r} ran"
-            raise JobExecutionError(msg, self.job.job_id) from event
-        return event
+        msg = f"lost the JobManager at {self._connection.peer} while job {self.job.name!r} ran"
+        raise JobExecutionError(msg, self.job.job_id) from self._lost
 
     def ack(self, batch: CollectBatch) -> None:
         with contextlib.suppress(ClusterError):
@@ -478,10 +478,9 @@ def _check_minicluster_network(config: Configuration) -> None:
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind) as probe:
-            probe.bind(address)
+            probe.bind(address)  # on a free port: whether this host has the address
     except OSError as exc:  # socket.gaierror too: a name that does not resolve
-        reason = f"cannot bind the data port on {host}: {exc.strerror or exc}"
-        raise ConfigurationError(TASKMANAGER_HOST.key, host, reason) from exc
+        raise data_port_bind_error(host, config.get(DATA_PORT), exc) from exc
 
 
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
