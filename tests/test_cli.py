@@ -153,12 +153,10 @@ def test_run_reads_the_environment_and_d_wins_over_it(
     assert "from environment variable PENSTOCK_PARALLELISM_DEFAULT" in err
     assert child_pids() == before
 
-    job_file = tmp_path / "sequence.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 10).add_sink(lambda n: None)\n"
-        "env.execute('sequence')\n"
+    job_file = write_job(
+        tmp_path / "sequence.py",
+        "env.from_sequence(1, 10).add_sink(lambda n: None)",
+        "env.execute('sequence')",
     )
     monkeypatch.setenv("PENSTOCK_PARALLELISM_DEFAULT", "3")
     assert main(["run", str(job_file), *LOCAL]) == 0
@@ -272,6 +270,16 @@ def test_run_example_applies_dynamic_properties(capsys: pytest.CaptureFixture[st
     rows = summary_rows(out)
     assert rows["Source: Collection Source"][:3] == ["1", "0", "1,000"]
     assert rows["Map -> Sink: Count Per Subtask"][:3] == ["3", "3,000", "0"]
+
+
+def write_job(path: Path, *lines: str) -> Path:
+    """Writes a job file: an environment ``env``, then ``lines``."""
+    preamble = (
+        "from penstock import StreamExecutionEnvironment",
+        "env = StreamExecutionEnvironment.get_execution_environment()",
+    )
+    path.write_text("".join(f"{line}\n" for line in (*preamble, *lines)), encoding="utf-8")
+    return path
 
 
 def run_failing_job(
@@ -591,12 +599,10 @@ def test_plain_table_aligns_numbers_right() -> None:
 def test_run_job_file_takes_its_default_parallelism_from_dash_d(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "print('parallelism', env.get_parallelism())\n"
-        "env.from_sequence(1, 4).map(lambda x: x).execute_and_collect()\n"
+    job = write_job(
+        tmp_path / "job.py",
+        "print('parallelism', env.get_parallelism())",
+        "env.from_sequence(1, 4).map(lambda x: x).execute_and_collect()",
     )
     status = main(["run", str(job), "-D", "parallelism.default=3", "-D", "execution.target=local"])
     assert status == 0
@@ -659,11 +665,9 @@ def test_a_job_file_sees_itself_alone_in_sys_argv(
 def test_run_of_a_file_that_runs_no_job_exits_1_with_the_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job_file = tmp_path / "builds_only.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 10).print()  # and no execute()\n"
+    job_file = write_job(
+        tmp_path / "builds_only.py",
+        "env.from_sequence(1, 10).print()  # and no execute()",
     )
     assert main(["run", str(job_file), *LOCAL]) == 1
     err = capsys.readouterr().err
@@ -690,12 +694,10 @@ def test_an_error_in_the_job_file_is_shown_from_the_file_on(
 def test_a_bad_setting_made_by_the_job_file_exits_2_with_its_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job_file = tmp_path / "zero.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 3).map(abs).set_parallelism(0)\n"
-        "env.execute()\n"
+    job_file = write_job(
+        tmp_path / "zero.py",
+        "env.from_sequence(1, 3).map(abs).set_parallelism(0)",
+        "env.execute()",
     )
     assert main(["run", str(job_file), *LOCAL]) == 2
     err = capsys.readouterr().err
@@ -711,12 +713,10 @@ def test_a_bad_dash_d_setting_with_a_job_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The file did not set it: its traceback would point at its execute() call.
-    job_file = tmp_path / "fine.py"
-    job_file.write_text(
-        "from penstock import StreamExecutionEnvironment\n"
-        "env = StreamExecutionEnvironment.get_execution_environment()\n"
-        "env.from_sequence(1, 3).print()\n"
-        "env.execute()\n"
+    job_file = write_job(
+        tmp_path / "fine.py",
+        "env.from_sequence(1, 3).print()",
+        "env.execute()",
     )
     setting = ["-D", "taskmanager.host=no-such-host.invalid"]
     assert main(["run", str(job_file), *setting]) == 2
