@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import gc
+import mmap
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -741,3 +742,27 @@ def test_a_failed_construction_leaves_no_flusher_running(output: Output) -> None
         if isinstance(flusher, OutputFlusher) and flusher.is_alive and leaked:
             flusher.terminate()
     assert not leaked
+
+
+class HugePayloads(GenericSerializer):
+    """Serializes every record to 2 GiB of untouched anonymous memory."""
+
+    def serialize(self, record: object) -> bytes:
+        return cast(bytes, mmap.mmap(-1, 2**31))
+
+
+@pytest.mark.parametrize("timeout", [-1, 0])
+def test_a_payload_too_large_for_its_length_prefix_is_a_serialization_error(
+    timeout: int,
+) -> None:
+    # A frame's length is a signed 32-bit int: 2 GiB cannot be announced.
+    out = Output(1)
+    writer = create_record_writer(out.partition, HugePayloads(), None, timeout)
+    try:
+        for write in (writer.emit, writer.broadcast_emit):
+            with pytest.raises(SerializationError, match="larger than the maximum"):
+                write(b"huge")
+    finally:
+        writer.close()
+    (drained,) = out.finish_and_drain()
+    assert drained.data == b""  # nothing of the refused records was written

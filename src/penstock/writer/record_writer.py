@@ -33,7 +33,7 @@ from typing import Final, Generic, NoReturn, TypeVar, cast
 from penstock.errors import IllegalStateError, SerializationError, TaskError
 from penstock.events import RuntimeEvent
 from penstock.partition.result_partition import ResultPartition
-from penstock.serialization.types import BytesSerializer, TypeSerializer
+from penstock.serialization.types import MAX_PAYLOAD_SIZE, BytesSerializer, TypeSerializer
 from penstock.writer.flusher import OutputFlusher
 from penstock.writer.partitioners import (
     ChannelSelector,
@@ -66,6 +66,19 @@ _FRAMES_SLICE_BYTES: Final = 64 * 1024
 """Framed bytes per slice: two segments, within a core's cache."""
 _pack_length = _LENGTH.pack
 _pack_length_into = _LENGTH.pack_into
+
+
+def _length_prefix(size: int) -> bytes:
+    """The frame length prefix of a payload of ``size`` bytes (off the fast paths)."""
+    try:
+        return _pack_length(size)
+    except struct.error:
+        msg = (
+            f"a payload of {size} bytes is larger than the maximum frame payload "
+            f"of {MAX_PAYLOAD_SIZE} bytes"
+        )
+        raise SerializationError(msg) from None
+
 
 Buffer = bytes | bytearray | memoryview
 
@@ -182,7 +195,7 @@ class RecordWriter(Generic[T]):
             except (struct.error, OverflowError):
                 self._raise_unserializable(record)
         payload = self.serializer.serialize(record)
-        return _pack_length(len(payload)) + payload
+        return _length_prefix(len(payload)) + payload
 
     def _raise_unserializable(self, record: T) -> NoReturn:
         """Raises the serializer's own error for a record its fast path could not pack."""
@@ -312,7 +325,7 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
                 self.num_records_out += 1
                 return
         partition = self.partition
-        partition.emit_record(_pack_length(size), target)
+        partition.emit_record(_length_prefix(size), target)
         partition.emit_record(payload, target)
         self.num_records_out += 1
 
