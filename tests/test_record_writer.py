@@ -766,3 +766,23 @@ def test_a_payload_too_large_for_its_length_prefix_is_a_serialization_error(
         writer.close()
     (drained,) = out.finish_and_drain()
     assert drained.data == b""  # nothing of the refused records was written
+
+
+class UpperBytes(BytesSerializer):
+    """A bytes serializer of its own: payloads are upper-cased."""
+
+    def serialize(self, record: bytes | bytearray | memoryview) -> bytes:
+        return bytes(record).upper()
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, 100])
+def test_a_bytes_serializer_of_its_own_is_asked_on_every_path(timeout: int) -> None:
+    out = Output(1)
+    writer = create_record_writer(out.partition, UpperBytes(), None, timeout)
+    try:
+        writer.emit(b"ab")
+        writer.emit(b"cd")
+    finally:
+        writer.close()
+    (drained,) = out.finish_and_drain()
+    assert records_in(BytesSerializer(), drained.data) == [b"AB", b"CD"]

@@ -243,8 +243,10 @@ class ChannelSelectorRecordWriter(RecordWriter[T]):
         self._select = selector.select_channel
         self._builders = partition.unicast_builders
         self._serialize = serializer.serialize
-        # Exact bytes records of a BytesSerializer are their own payload.
-        self._bytes_pass_through = isinstance(cast(object, serializer), BytesSerializer)
+        # Exact bytes records are their own payload, unless serialize is overridden.
+        self._bytes_pass_through = (
+            getattr(type(serializer), "serialize", None) is BytesSerializer.serialize
+        )
         # Routing that never looks at a record is skipped where it has one answer. A
         # key selector or a custom partitioner is asked for every record, even with one
         # channel, as in Flink and as emit_batch asks it: its errors must not depend on
