@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gc
 import queue
+import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,6 +30,7 @@ from penstock.runtime.deployment import build_deployment
 from penstock.runtime.states import ExecutionState
 from penstock.runtime.task import Task
 from penstock.runtime.taskmanager import RunnableTask, TaskExecutor
+from penstock.shuffle import ShuffleEnvironment
 from penstock.task.operators import SequenceSourceFactory, SinkFactory
 
 
@@ -102,5 +104,55 @@ def test_the_tasks_of_ended_jobs_are_not_kept() -> None:
             task_executor.handle(ReleaseJob(graph.job_id))
         gc.collect()
         assert [ref() is None for ref in built] == [True, True, False]  # the last one is kept
+    finally:
+        task_executor.close()
+
+
+class SlowToCreatePartitions:
+    """The TaskManager's shuffle, with partition creation held until ``go`` is set."""
+
+    def __init__(self, shuffle: Any) -> None:
+        self._shuffle = shuffle
+        self.creating = threading.Event()
+        self.go = threading.Event()
+
+    def create_result_partition(self, *args: Any, **kwargs: Any) -> Any:
+        self.creating.set()
+        assert self.go.wait(WAIT_S)
+        return self._shuffle.create_result_partition(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shuffle, name)
+
+
+def test_a_partition_registered_after_its_job_was_released_is_released_too() -> None:
+    # The end of a job can reach a TaskManager while one of its tasks is still being
+    # deployed (after the JobManager's cancel timeout): the partition that task
+    # registers late must not stay registered for the TaskManager's life.
+    sent: queue.SimpleQueue[ControlMessage] = queue.SimpleQueue()
+    shuffles: list[SlowToCreatePartitions] = []
+
+    def factory(tdd: Any, shuffle: Any, *args: Any) -> RunnableTask:
+        shuffles.append(SlowToCreatePartitions(shuffle))
+        return Task(tdd, cast(ShuffleEnvironment, shuffles[-1]), *args)
+
+    task_executor = TaskExecutor(Configuration(), sent.put, slots=2, task_factory=factory)
+    task_executor.start()
+    try:
+        pool = task_executor.shuffle.network_pool
+        source = vertex("source", ("Source: Sequence", SequenceSourceFactory(1, 100)))
+        sink = vertex("sink", ("Sink: Sink", SinkFactory(print)))
+        graph = job("released while deploying", [source, sink], [edge(source, sink)])
+        address = task_executor.shuffle.data_address
+        producer, _consumer = build_deployment(graph, {(0, 0): address, (1, 0): address})
+
+        task_executor.handle(DeployTask(producer.execution_id, SerializedValue.of(producer)))
+        assert shuffles[0].creating.wait(WAIT_S)
+        task_executor.handle(ReleaseJob(graph.job_id))
+        shuffles[0].go.set()
+        wait_for_state(sent, ExecutionState.CANCELED)
+
+        assert task_executor.shuffle.partition_manager.partition_ids == []
+        assert pool.available_segments == pool.total_segments
     finally:
         task_executor.close()

@@ -195,6 +195,8 @@ class TaskExecutor:
         self._all_tasks: list[RunnableTask] = []  # joined on close; ended ones pruned
         # What each job deployed here: its subtasks and the partitions they produce.
         self._jobs: dict[JobID, tuple[list[ExecutionAttemptID], list[ResultPartitionID]]] = {}
+        # What each running subtask produces, for the end of a job released under it.
+        self._produced: dict[ExecutionAttemptID, tuple[JobID, list[ResultPartitionID]]] = {}
         self._closed = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.heartbeat_period_s = (
@@ -285,15 +287,18 @@ class TaskExecutor:
                 self._collectors[execution_id] = channel
                 self._all_tasks = [t for t in self._all_tasks if not t.join(0)]
                 self._all_tasks.append(task)
+                produced = [p.descriptor.partition_id for p in tdd.produced]
                 executions, partitions = self._jobs.setdefault(tdd.job_id, ([], []))
                 executions.append(execution_id)
-                partitions.extend(p.descriptor.partition_id for p in tdd.produced)
+                partitions.extend(produced)
+                self._produced[execution_id] = (tdd.job_id, produced)
             task.start()
         except Exception as exc:
             log.warning("%s: cannot start %s: %s", self.tm_id, tdd.task_name, exc)
             with self._lock:
                 self._tasks.pop(execution_id, None)
                 self._collectors.pop(execution_id, None)
+                self._produced.pop(execution_id, None)
             self._report(execution_id, ExecutionState.FAILED, exc)
 
     def cancel(self, execution_id: ExecutionAttemptID) -> None:
@@ -328,8 +333,15 @@ class TaskExecutor:
             with self._lock:
                 task = self._tasks.pop(execution_id, None)
                 channel = self._collectors.pop(execution_id, None)
+                job_id, produced = self._produced.pop(execution_id, (None, []))
+                job_released = job_id not in self._jobs
             if channel is not None:
                 channel.cancel()
+            if job_released:
+                # The job ended while this subtask was still being deployed: what it
+                # registered after ReleaseJob is released now, or never.
+                for partition_id in produced:
+                    self.shuffle.partition_manager.release_partition(partition_id)
             if task is not None:
                 try:
                     metrics = task.metrics_snapshot()
