@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections import namedtuple
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 import cloudpickle
@@ -116,7 +116,7 @@ def test_map_with_callable_and_function_object() -> None:
 
 def test_flat_map_returning_iterables_and_with_collector() -> None:
     out = run_operator(FlatMapFactory(lambda s: s.split()), ["a b", "", "c"])
-    assert out.batches == [["a", "b", "c"]]
+    assert out.records == ["a", "b", "c"]
 
     class Explode(Lifecycle, FlatMapFunction):
         def __init__(self) -> None:
@@ -136,6 +136,76 @@ def test_flat_map_returning_iterables_and_with_collector() -> None:
             yield value
 
     assert run_operator(FlatMapFactory(Gen()), [7]).records == [7, 7]
+
+
+class CountingOutput(ListOutput):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def collect_batch(self, records: Sequence[object]) -> None:
+        super().collect_batch(records)
+        self.count += len(records)
+
+
+class Explode:
+    """Produces ``value`` records per record, into a collector or as a generator."""
+
+    def __init__(self) -> None:
+        self.output = CountingOutput()
+        self.emitted_while_running: list[int] = []
+
+    def generate(self, value: int) -> Iterable[int]:
+        for index in range(value):
+            self.emitted_while_running.append(self.output.count)
+            yield index
+
+    def collect_into(self, value: int, out: Collector[object]) -> None:
+        for record in self.generate(value):
+            out.collect(record)
+
+
+def explode_as_process(explode: Explode, by_collector: bool) -> Callable[..., object]:
+    """A process function that explodes records, by collector or as a generator."""
+    if by_collector:
+
+        def process_collecting(value: int, ctx: ProcessContext, out: Collector[object]) -> None:
+            explode.collect_into(value, out)
+
+        return process_collecting
+
+    def process_generating(value: int, ctx: ProcessContext) -> Iterable[int]:
+        return explode.generate(value)
+
+    return process_generating
+
+
+@pytest.mark.parametrize("kind", ["flat_map", "process"])
+@pytest.mark.parametrize("by_collector", [True, False])
+def test_what_one_record_produces_goes_downstream_while_it_is_produced(
+    kind: str, by_collector: bool
+) -> None:
+    # One record may produce any number of records over any time (a generator over a
+    # file, or one that never ends): they must not wait, all of them, in one list.
+    explode = Explode()
+    flat_map = explode.collect_into if by_collector else explode.generate
+    factory: OperatorFactory = (
+        FlatMapFactory(flat_map)
+        if kind == "flat_map"
+        else ProcessFactory(explode_as_process(explode, by_collector), lambda _: 0)
+    )
+    operator = cast("StreamOperator[object, object]", factory.create())
+    operator.setup(explode.output, context())
+    operator.open()
+    operator.process_batch([3, 50_000])
+    operator.close()
+
+    batches = explode.output.batches
+    assert explode.output.records == [0, 1, 2, *range(50_000)]
+    assert batches[0] == [0]  # the first record goes at once
+    assert max(map(len, batches)) <= 4096
+    assert explode.emitted_while_running[1] == 1  # out before the second was produced
+    assert explode.emitted_while_running[-1] >= 50_000 - 4096
 
 
 def test_filter_keeps_matching_and_skips_empty_batches() -> None:

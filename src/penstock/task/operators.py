@@ -20,6 +20,7 @@ import itertools
 import math
 import numbers
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -49,6 +50,7 @@ from penstock.task.operator import (
     StreamOperator,
     snapshot,
 )
+from penstock.task.step_size import STEP_BUDGET_FLUSH_ALWAYS_S, StepSize
 
 __all__ = [
     "AbstractStreamOperator",
@@ -117,6 +119,78 @@ def _state_key(key: object) -> object:
 
 UserFunction = object
 """A plain callable or an object of the matching ``penstock.functions`` class."""
+
+
+_MAX_OUTPUT_CHUNK: Final = 1024
+"""The most records a flat_map or process function's results are held back for."""
+
+
+class _ChunkingCollector(Collector[object]):
+    """Sends what a function produces downstream while it produces, a chunk at a time.
+
+    One record can produce any number of records over any time: a generator over a
+    file, or one that never ends. Held in one list until the function returns, they
+    would take memory without bound and wait for as long as it runs, where Flink emits
+    each at once. Here they leave in chunks sized as input steps are (``StepSize``):
+    one record first, then twice as many while a chunk takes well under a millisecond
+    to produce, up to ``_MAX_OUTPUT_CHUNK``. A cheap function still emits large batches;
+    a slow one emits each record as it comes.
+
+    Records reach it by ``collect`` (a function that takes a collector), or by
+    ``collect_all`` from a lazy iterable (a function that returns or yields them).
+    Between ``start`` and ``flush`` only the time spent producing counts, not the time
+    downstream operators take with the chunks.
+    """
+
+    __slots__ = ("_emit", "_pending", "_started", "_step")
+
+    def __init__(
+        self, emit: Callable[[list[object]], None], take: Callable[[object], object]
+    ) -> None:
+        super().__init__([], take)
+        self._pending: list[object] = []
+        self._emit = emit
+        self._step = StepSize(_MAX_OUTPUT_CHUNK, STEP_BUDGET_FLUSH_ALWAYS_S)
+        self._started = 0.0
+
+    def start(self) -> None:
+        """A step begins: produced records are timed from now."""
+        self._started = time.perf_counter()
+
+    def collect(self, record: object) -> None:
+        pending = self._pending
+        pending.append(record if type(record) in IMMUTABLE_TYPES else self._take(record))
+        if len(pending) >= self._step.size:
+            self.flush()
+
+    def collect_all(self, values: Iterable[object]) -> None:
+        """Takes ``values`` as they are produced, emitting each chunk when it is full."""
+        self.flush()
+        iterator = iter(values)
+        take = self._take
+        immutable = IMMUTABLE_TYPES
+        step = self._step
+        while True:
+            size = step.size
+            started = time.perf_counter()
+            chunk = [
+                v if type(v) in immutable else take(v) for v in itertools.islice(iterator, size)
+            ]
+            if chunk:
+                step.update(len(chunk), time.perf_counter() - started)
+                self._emit(chunk)
+            if len(chunk) < size:
+                break
+        self._started = time.perf_counter()
+
+    def flush(self) -> None:
+        """Emits the records collected since the last chunk."""
+        pending = self._pending
+        if pending:
+            self._step.update(len(pending), time.perf_counter() - self._started)
+            self._pending = []
+            self._emit(pending)
+        self._started = time.perf_counter()
 
 
 class _DiscardingOutput:
@@ -222,14 +296,20 @@ class FlatMapOperator(AbstractStreamOperator):
     def __init__(self, fn: UserFunction) -> None:
         super().__init__(fn)
         self._flat_map, self._with_collector = as_flat_map(fn)
+        self._out = _ChunkingCollector(self.output.collect_batch, self.take)
+
+    def setup(self, output: Output[object], context: RuntimeContext) -> None:
+        super().setup(output, context)
+        self._out = _ChunkingCollector(output.collect_batch, self.take)
 
     def process_batch(self, records: list[object]) -> None:
         flat_map = self._flat_map
+        out = self._out
         if self._with_collector:
-            results: list[object] = []
-            out = Collector(results, self.take)
+            out.start()
             for record in records:
                 flat_map(record, out)
+            out.flush()
         else:
             # Counts the calls in C: the count stops short if the function raised
             # StopIteration, which ends the map early.
@@ -238,10 +318,8 @@ class FlatMapOperator(AbstractStreamOperator):
                 map(_first, zip(map(flat_map, records), calls, strict=False))
             )
             # Consumed lazily: each value is taken before the function runs on.
-            results = self._taken(values)
+            out.collect_all(values)
             check_called_on_all(next(calls), len(records), flat_map)
-        if results:
-            self.output.collect_batch(results)
 
 
 class FilterOperator(AbstractStreamOperator):
@@ -389,6 +467,11 @@ class ProcessOperator(AbstractStreamOperator):
         self._process = cast("Callable[..., Iterable[object] | None]", process)
         self._get_key = as_key_selector(key_selector)
         self._ctx: ProcessContext | None = None
+        self._out = _ChunkingCollector(self.output.collect_batch, self.take)
+
+    def setup(self, output: Output[object], context: RuntimeContext) -> None:
+        super().setup(output, context)
+        self._out = _ChunkingCollector(output.collect_batch, self.take)
 
     def open(self) -> None:
         super().open()
@@ -399,19 +482,18 @@ class ProcessOperator(AbstractStreamOperator):
         if ctx is None:
             msg = "ProcessOperator received records before open()"
             raise IllegalStateError(msg)
-        results: list[object] = []
-        out = Collector(results, self.take)
+        out = self._out
         get_key = self._get_key
         process = self._process
         takes_out = self._takes_out
+        out.start()
         for record in records:
             ctx.current_key = get_key(record)
             returned = process(record, ctx, out) if takes_out else process(record, ctx)
             if returned is not None:
                 for value in returned:
                     out.collect(value)
-        if results:
-            self.output.collect_batch(results)
+        out.flush()
 
 
 # -- sinks ------------------------------------------------------------------------------
