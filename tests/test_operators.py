@@ -410,6 +410,28 @@ def test_close_without_open_does_not_close_the_function() -> None:
     assert fn.closed == 0
 
 
+def test_a_function_whose_open_failed_is_closed() -> None:
+    # Its open may have taken resources before it raised (Flink closes it too).
+    class OpenFails(Lifecycle, MapFunction):
+        def __init__(self) -> None:
+            Lifecycle.__init__(self)
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            msg = "open failed"
+            raise RuntimeError(msg)
+
+        def map(self, value: object) -> object:
+            return value
+
+    fn = OpenFails()
+    operator = MapFactory(fn).create()
+    operator.setup(ListOutput(), context())
+    with pytest.raises(RuntimeError, match="open failed"):
+        operator.open()
+    operator.close()
+    assert fn.closed == 1
+
+
 def test_bad_functions_are_rejected() -> None:
     with pytest.raises(TypeError, match="map"):
         MapFactory(42).create()

@@ -193,13 +193,15 @@ def open_functions(
 ) -> None:
     """Opens each of ``functions`` not in ``opened`` yet (by identity), adding it there.
 
-    Each is added once open, so that if one fails ``opened`` holds exactly those to
-    close; an object given twice (say, as reducer and key selector) is opened once.
+    Each is added before it is opened, so that ``opened`` holds those to close even if
+    one fails: a function whose ``open`` raised is closed too, as in Flink, since it
+    may have taken resources first. An object given twice (say, as reducer and key
+    selector) is opened once.
     """
     for fn in functions:
         if all(fn is not seen for seen in opened):
-            open_function(fn, runtime_context)
             opened.append(fn)
+            open_function(fn, runtime_context)
 
 
 def close_functions(functions: Iterable[object]) -> None:
