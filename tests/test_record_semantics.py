@@ -9,6 +9,7 @@ and partitionings that PyFlink defines behave as PyFlink says.
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from typing import cast
 
@@ -281,6 +282,22 @@ def test_keys_equal_across_types_stay_apart_at_any_parallelism(parallelism: int)
     env = local_env(parallelism)
     rows = [(1, 1), (True, 10), (1.0, 100)] * 2
     sums = env.from_collection(rows).key_by(lambda row: row[0]).sum(1)
+
+    last: dict[str, object] = {}
+    for key, total in cast("list[tuple[object, int]]", collect(sums)):
+        last[type(key).__name__] = total
+    assert last == {"int": 2, "bool": 20, "float": 200}
+
+
+Pair = namedtuple("Pair", "first second")
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_tuple_keys_of_any_kind_keep_their_fields_apart(parallelism: int) -> None:
+    # A namedtuple key is routed as a tuple; its fields are told apart as a tuple's.
+    env = local_env(parallelism)
+    rows = [(1, 1), (True, 10), (1.0, 100)] * 2
+    sums = env.from_collection(rows).key_by(lambda row: Pair(row[0], "k")).sum(1)
 
     last: dict[str, object] = {}
     for key, total in cast("list[tuple[object, int]]", collect(sums)):

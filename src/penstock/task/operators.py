@@ -112,7 +112,7 @@ def _state_key(key: object) -> object:
         return (kind, key)
     if isinstance(key, bytearray | memoryview):
         return bytes(key)
-    if kind is tuple:
+    if isinstance(key, tuple):  # a namedtuple too: routing hashes it as a tuple
         return tuple(map(_state_key, cast("tuple[object, ...]", key)))
     return key
 
