@@ -18,7 +18,13 @@ import pytest
 from penstock import JobExecutionError, StreamExecutionEnvironment
 from penstock.api.datastream import DataStream
 from penstock.errors import SerializationError
-from penstock.functions import FlatMapFunction, KeyedProcessFunction, MapFunction, ProcessContext
+from penstock.functions import (
+    FlatMapFunction,
+    KeyedProcessFunction,
+    KeySelector,
+    MapFunction,
+    ProcessContext,
+)
 from penstock.runtime.deployment import connections
 from penstock.task.operator import Collector, RuntimeContext, snapshot
 from penstock.task.operators import MapOperator
@@ -272,6 +278,57 @@ def test_a_stop_iteration_from_a_user_function_fails_the_job(
     stream = cast("DataStream", step(env.from_sequence(1, 10_000)))  # type: ignore[operator]
     with pytest.raises(JobExecutionError, match="raised StopIteration on record"):
         collect(stream)
+
+
+# -- each operator has its own copy of its function ---------------------------------------
+
+
+class CountCalls(MapFunction):
+    """Tags each record with this instance's count of calls and of opens."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.opens = 0
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.opens += 1
+
+    def map(self, value: object) -> object:
+        self.calls += 1
+        return (*cast("tuple[object, ...]", value), self.calls, self.opens)
+
+
+@pytest.mark.parametrize("chained", [True, False])
+def test_a_function_used_twice_is_two_functions_whatever_the_chaining(chained: bool) -> None:
+    # Flink serializes each operator's function on its own: one object given to two
+    # operators is two functions in every subtask, each opened once.
+    env = local_env()
+    count = CountCalls()
+    first = env.from_collection([(), (), ()]).map(count)
+    if not chained:
+        first = first.rebalance()
+    assert collect(first.map(count)) == [(1, 1, 1, 1), (2, 1, 2, 1), (3, 1, 3, 1)]
+
+
+class OpenCountingKey(KeySelector):
+    opened = 0
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.opened += 1
+        if self.opened > 1:
+            msg = "opened twice"
+            raise AssertionError(msg)
+
+    def get_key(self, value: object) -> object:
+        return cast("tuple[int, int]", value)[0]
+
+
+def test_a_key_selector_of_an_operator_and_of_its_output_is_opened_once_each() -> None:
+    env = local_env(2)
+    key = OpenCountingKey()
+    rows = [(1, 1), (2, 2), (1, 3)]
+    sums = env.from_collection(rows).key_by(key).sum(1).key_by(key).sum(1)
+    assert sorted(cast("list[tuple[int, int]]", collect(sums))) == [(1, 1), (1, 5), (2, 2)]
 
 
 # -- keyed state tells keys apart as routing does ----------------------------------------

@@ -9,8 +9,11 @@ every producer subtask builds its own selector.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+import cloudpickle
 
 from penstock.errors import IllegalStateError
 from penstock.ids import IntermediateDataSetID, JobID, JobVertexID
@@ -108,6 +111,10 @@ class PartitionerSpec:
     def __str__(self) -> str:
         return "HASH" if self.kind == "hash" else self.kind.upper()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        functions = cloudpickle.dumps((self.key_selector, self.partitioner))
+        return _unpickle_partitioner_spec, (self.kind, functions, self.max_parallelism)
+
 
 @dataclass(frozen=True, slots=True)
 class OperatorSpec:
@@ -122,6 +129,9 @@ class OperatorSpec:
     name: str
     factory: OperatorFactory
     node_id: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpickle_operator_spec, (self.name, cloudpickle.dumps(self.factory), self.node_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +244,20 @@ class JobGraph:
     @property
     def max_parallelism_of_job(self) -> int:
         return max(vertex.parallelism for vertex in self.vertices)
+
+
+# Each operator's function, and each edge's key selector and partitioner, is pickled
+# apart, as Flink serializes each operator's function into its own StreamConfig: one
+# object given to two operators is two objects wherever the job runs, each opened and
+# closed once, and the result does not depend on which operators are chained.
+
+
+def _unpickle_operator_spec(name: str, factory: bytes, node_id: int) -> OperatorSpec:
+    return OperatorSpec(name, pickle.loads(factory), node_id)
+
+
+def _unpickle_partitioner_spec(
+    kind: str, functions: bytes, max_parallelism: int
+) -> PartitionerSpec:
+    key_selector, partitioner = pickle.loads(functions)
+    return PartitionerSpec(kind, key_selector, partitioner, max_parallelism)
