@@ -177,6 +177,29 @@ def test_a_reduce_that_returns_none_starts_its_key_again() -> None:
     assert collect(stream) == [1, 2, None, 5, None]
 
 
+@pytest.mark.parametrize("network_edge", [False, True])
+@pytest.mark.parametrize(
+    ("records", "declared"), [(["a", "b", "reset", "c"], str), ([1.0, 2.0, -1.0, 3.0], float)]
+)
+def test_a_reduce_of_a_declared_type_may_start_a_key_again_anywhere(
+    records: list[object], declared: type, network_edge: bool
+) -> None:
+    # None is outside the declared type: whether the result crosses a channel after
+    # the reduce (here, after a rebalance) must not decide whether the job fails.
+    def add_or_reset(total: object, value: object) -> object:
+        if value in ("reset", -1.0):
+            return None
+        return cast("str", total) + cast("str", value)
+
+    env = local_env()
+    typed = env.from_collection(records).map(lambda v: v, output_type=declared)
+    reduced = typed.key_by(lambda v: 0).reduce(add_or_reset)
+    if network_edge:
+        reduced = reduced.rebalance().map(lambda v: v)
+    expected = ["a", "ab", None, "c"] if declared is str else [1.0, 3.0, None, 3.0]
+    assert collect(reduced) == expected
+
+
 def test_sum_at_a_negative_position_counts_from_the_end() -> None:
     env = local_env()
     rows = [("a", 2, 1.0), ("a", 3, 1.5)]

@@ -258,15 +258,17 @@ class DataStream(_OperatorSettings):
         self._env._add_operator(operator)
         return DataStream(self._env, operator, output_type, type_inferred=type_inferred)
 
-    def _reduced_type(self) -> TypeInfo | None:
-        """The type of what a reduce or sum emits: the records' type if it can hold it.
+    def _summed_type(self) -> TypeInfo | None:
+        """The type of what a sum emits: the records' type if it can hold the sums.
 
-        A type inferred from a collection's records says nothing about the values a
-        function computes from them (ints whose quotient is a float), so those go
-        through the generic serializer, as PyFlink pickles them. A declared type is kept
-        where an accumulation stays within it (float, str, bytes); ints and fixed
-        layouts are not: a running sum outgrows 64 bits where its records did not, and
-        the job would fail only where the sums cross a channel, at some parallelisms.
+        A type inferred from a collection's records says nothing about the values
+        computed from them, so those go through the generic serializer, as PyFlink
+        pickles them. A declared type is kept where a sum stays within it (float, str,
+        bytes); ints and fixed layouts are not: a running sum outgrows 64 bits where
+        its records did not, and the job would fail only where the sums cross a
+        channel, at some parallelisms. What a reduce emits always takes the generic
+        serializer: its function may return anything, None among it to start the key
+        again.
         """
         if self._type_inferred or self._output_type not in _ACCUMULABLE_TYPES:
             return None
@@ -514,7 +516,7 @@ class KeyedStream(DataStream):
         """
         as_reduce(func)
         factory = ReduceFactory(func, self._key_selector)
-        return self._one_input("Keyed Reduce", factory, self._reduced_type())
+        return self._one_input("Keyed Reduce", factory, None)
 
     def sum(self, position_to_sum: int | str = 0) -> DataStream:
         """The running sum per key of a field; emits the running record per record.
@@ -547,7 +549,7 @@ class KeyedStream(DataStream):
                 raise TypeError(msg)
             position = None
         factory = SumFactory(position, self._key_selector)
-        return self._one_input("Keyed Aggregation", factory, self._reduced_type())
+        return self._one_input("Keyed Aggregation", factory, self._summed_type())
 
     def process(self, func: object, output_type: TypeInfo | None = None) -> DataStream:
         """Calls ``func.process_element`` per record (KeyedProcessFunction).
