@@ -929,6 +929,37 @@ def test_a_consumer_lost_mid_stream_releases_its_partition_with_the_cause(
     partition.close()
 
 
+@pytest.mark.parametrize("goodbye", ["close-request", "protocol-violation"])
+def test_a_consumer_connection_closed_mid_stream_releases_its_partition_with_the_cause(
+    environment: EnvironmentFactory, monkeypatch: pytest.MonkeyPatch, goodbye: str
+) -> None:
+    # Closed on purpose, by the consumer or by the server, the connection leaves the
+    # subpartition as unread as a lost one: its producer must not wait for a reader.
+    env = environment("producer")
+    partition = make_partition(env, 2)
+    released = watch_release(partition, monkeypatch)
+    peer = RawPeer(env.data_address)
+    receiver_id = peer.request(partition.partition_id)
+    write(partition, range(10))
+    assert peer.read_records(receiver_id, 10) == (list(range(10)), False)
+    host, port = peer.sock.getsockname()
+    if goodbye == "close-request":
+        peer.send(CloseRequest())
+    else:
+        peer.send_raw(b"GET / HTTP/1.1\r\n\r\n")
+    peer.read_until_closed()
+    peer.close()
+
+    assert released.wait(TIMEOUT_S)
+    cause = partition.failure_cause
+    assert isinstance(cause, RemoteTransportError)
+    assert f"'{host}:{port}'" in str(cause)
+    with pytest.raises(PartitionReleasedError) as info:
+        write(partition, range(10))
+    assert info.value.__cause__ is cause
+    partition.close()
+
+
 async def _drop_connections(env: ShuffleEnvironment) -> None:
     for connection in list(env.server.connections):
         if connection.transport is not None:

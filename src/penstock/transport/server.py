@@ -29,9 +29,10 @@ loop takes and other threads only try.
 Failures stay local: a failed producer is reported to its channel with a per-channel
 ErrorResponse; a protocol violation gets a fatal ErrorResponse and closes that
 connection only; a connection that sends nothing for ``idle_timeout_s`` while it has no
-readers is closed. When a connection with live readers is lost, the partitions they
-read can never be consumed (pipelined partitions are read once), so they are released
-with the connection error as the cause, which wakes their producers.
+readers is closed. When a connection with live readers ends (lost, closed for a
+protocol violation, or closed by its client), the partitions they read can never be
+consumed (pipelined partitions are read once), so they are released with the reason as
+the cause, which wakes their producers.
 """
 
 from __future__ import annotations
@@ -190,20 +191,11 @@ class _ServerConnection(asyncio.BufferedProtocol):
         for handle in self._waiting.values():
             handle.cancel()
         self._waiting.clear()
-        live = [reader for reader in self._readers.values() if not reader.is_released]
-        if live:
-            # Consumers that vanished mid-stream (a graceful client cancels its channels
-            # first) can never read their partitions again: release them with the cause
-            # *before* releasing the readers, which would count them as consumed.
-            error = RemoteTransportError(
-                f"Lost connection to the consumer at '{self.peer}'.", self.peer
-            )
-            error.__cause__ = exc
-            for reader in live:
-                if reader.view is not None:
-                    self.server.partition_manager.release_partition(
-                        reader.view.subpartition.parent.partition_id, error
-                    )
+        error = RemoteTransportError(
+            f"Lost connection to the consumer at '{self.peer}'.", self.peer
+        )
+        error.__cause__ = exc
+        self._release_unread(error)
         self.release_all()
 
     # -- messages ----------------------------------------------------------------------
@@ -219,6 +211,13 @@ class _ServerConnection(asyncio.BufferedProtocol):
         elif isinstance(message, CancelPartitionRequest):
             self._release_reader(message.receiver_id)
         elif isinstance(message, CloseRequest):
+            self._release_unread(
+                RemoteTransportError(
+                    f"The consumer at '{self.peer}' closed its connection before it had "
+                    "read its subpartitions to their end.",
+                    self.peer,
+                )
+            )
             self.release_all()
             if self.transport is not None:
                 self.transport.close()
@@ -450,8 +449,28 @@ class _ServerConnection(asyncio.BufferedProtocol):
             self._waiting.clear()
             self._available.clear()
 
+    def _release_unread(self, error: RemoteTransportError) -> None:
+        """Releases, with ``error`` as the cause, the partitions of readers still live.
+
+        A consumer whose connection ends mid-stream (lost, closed for a protocol
+        violation, or closed by a client that did not cancel its channels first) can
+        never read its partitions again, as pipelined partitions are read once. They
+        are released with the cause, which wakes their producers, *before* the readers
+        are released, which would count them as consumed.
+        """
+        for reader in list(self._readers.values()):
+            if not reader.is_released and reader.view is not None:
+                self.server.partition_manager.release_partition(
+                    reader.view.subpartition.parent.partition_id, error
+                )
+
     def _send_fatal_and_close(self, error: BaseException) -> None:
         self._send(ErrorResponse.from_exception(error, None))
+        closing = RemoteTransportError(
+            f"The connection to the consumer at '{self.peer}' was closed: {error}", self.peer
+        )
+        closing.__cause__ = error
+        self._release_unread(closing)
         self.release_all()
         if self.transport is not None:
             self.transport.close()
