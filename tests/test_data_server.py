@@ -371,6 +371,28 @@ def test_garbage_gets_a_fatal_error_and_closes_only_that_connection(
     assert_all_segments_returned(env)
 
 
+def test_a_request_for_several_subpartitions_is_refused_for_its_channel_only(
+    environment: EnvironmentFactory,
+) -> None:
+    # One channel reads one subpartition here: serving only the first of a range
+    # would lose the others' records without a word.
+    env = environment("producer")
+    partition = make_partition(env, 2)
+    peer = RawPeer(env.data_address)
+    ranged = InputChannelID.generate()
+    peer.send(PartitionRequest(partition.partition_id, 0, 1, ranged, 2))
+    refusal = peer.next_message()
+    assert isinstance(refusal, ErrorResponse)
+    assert refusal.receiver_id == ranged and not refusal.is_fatal
+    assert "subpartitions [0, 1]" in refusal.message
+    receiver_id = peer.request(partition.partition_id)  # the connection goes on
+    write(partition, range(5))
+    assert peer.read_records(receiver_id, 5) == (list(range(5)), False)
+    peer.close()
+    partition.release()
+    partition.close()
+
+
 def test_bad_magic_is_reported_with_flinks_message(environment: EnvironmentFactory) -> None:
     env = environment("producer")
     peer = RawPeer(env.data_address)

@@ -48,6 +48,7 @@ from typing import Final
 
 from penstock.buffer.buffer import Buffer, DataType
 from penstock.errors import (
+    IllegalStateError,
     LocalProtocolError,
     PartitionNotFoundError,
     PenstockError,
@@ -240,6 +241,16 @@ class _ServerConnection(asyncio.BufferedProtocol):
         if receiver_id in self._readers or receiver_id in self._waiting:
             msg = f"a second PartitionRequest for channel {receiver_id}"
             raise RemoteProtocolError(msg)
+        if request.subpartition_index_end != request.subpartition_index_start:
+            # A channel reads one subpartition here; serving the first of a range would
+            # lose the others' records without a word.
+            msg = (
+                f"a PartitionRequest for subpartitions [{request.subpartition_index_start}, "
+                f"{request.subpartition_index_end}] of {request.partition_id}: this data "
+                "server serves one subpartition per channel"
+            )
+            self._send(ErrorResponse.from_exception(IllegalStateError(msg), receiver_id))
+            return
         reader = CreditBasedReader(receiver_id, request.credit, self.server.notify_reader)
         reader.connection = self  # type: ignore[attr-defined]
 
