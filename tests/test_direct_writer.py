@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import struct
 import threading
@@ -180,3 +182,18 @@ def test_a_tls_transport_gets_no_writer() -> None:
         assert DirectWriter.for_transport(_Transport(), loop_thread, threading.RLock()) is None
     finally:
         loop_thread.stop()
+
+
+def test_no_descriptor_left_means_no_direct_writer(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors, the connection writes through its loop, as TLS does."""
+
+    def no_descriptor_left(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", no_descriptor_left)
+    assert (
+        DirectWriter.for_transport(connection.transport, connection.loop_thread, threading.RLock())
+        is None
+    )

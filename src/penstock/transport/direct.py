@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -42,6 +43,8 @@ from typing import Final
 from penstock.transport.loop import EventLoopThread
 
 __all__ = ["DirectWriter"]
+
+log = logging.getLogger(__name__)
 
 _MAX_PARTS: Final = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 """Parts one ``sendmsg`` takes; a write of more (a batch of many tiny frames) is joined."""
@@ -75,12 +78,21 @@ class DirectWriter:
     def for_transport(
         cls, transport: asyncio.Transport, loop_thread: EventLoopThread, lock: threading.RLock
     ) -> DirectWriter | None:
-        """A writer for ``transport``, or None if it cannot have one (TLS, no socket)."""
+        """A writer for ``transport``, or None if it cannot have one.
+
+        None for TLS, for a transport without a socket, and when the socket's
+        descriptor cannot be duplicated (the process has none left): the connection's
+        bytes then all go through its loop, which is slower but as correct.
+        """
         if transport.get_extra_info("sslcontext") is not None:
             return None
         if transport.get_extra_info("socket") is None:
             return None
-        return cls(transport, loop_thread, lock)
+        try:
+            return cls(transport, loop_thread, lock)
+        except OSError as exc:
+            log.warning("Writing through the network thread only: %s", exc)
+            return None
 
     @property
     def is_idle(self) -> bool:
