@@ -263,6 +263,23 @@ def test_the_first_failure_cancels_every_task_and_fails_the_job(job_manager: Job
     assert recorder.results.empty()  # one result per job
 
 
+def test_a_late_report_does_not_move_a_cancelling_task_back(job_manager: JobManager) -> None:
+    # A task reports RUNNING after the JobManager asked it to cancel (the messages
+    # crossed): it stays CANCELING until it reports how it ended, as in Flink.
+    tm, recorder, tdds = running_two_by_two(job_manager, 7009)
+    tm.report(tdds[2], ExecutionState.FAILED, KeyError("first"))
+    for _ in range(3):
+        tm.next_of(CancelTask)
+    tm.report(tdds[0], ExecutionState.INITIALIZING)
+    tm.report(tdds[0], ExecutionState.RUNNING)
+    wait_until_handled(job_manager)
+    execution = job_manager._execution(tdds[0].execution_id)
+    assert execution is not None and execution.state is ExecutionState.CANCELING
+    for tdd in (tdds[0], tdds[1], tdds[3]):
+        tm.report(tdd, ExecutionState.CANCELED)
+    assert recorder.results.get(timeout=WAIT_S).error is not None
+
+
 @pytest.mark.parametrize("failed", [False, True])
 def test_the_end_of_a_job_tells_its_task_managers_to_release_it(
     job_manager: JobManager, failed: bool

@@ -571,6 +571,10 @@ class JobManager:
         if execution is None or execution.state.is_terminal:
             return
         job = self._jobs[self._owner[message.execution_id]]
+        if execution.state is ExecutionState.CANCELING and not message.state.is_terminal:
+            # Sent before the task heard of its cancel: it stays CANCELING until it
+            # reports how it ended, as in Flink.
+            return
         execution.state = message.state
         if message.metrics is not None:
             execution.metrics = message.metrics
