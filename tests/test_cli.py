@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -537,6 +538,14 @@ def test_the_vertex_level_is_the_level_of_its_worst_subtask(back_pressured: list
     }
     (row,) = VertexTracker().update(make_update(1000, tasks))
     assert row.level == back_pressure_level(max(back_pressured) / 1000)
+
+
+def test_the_summary_says_failed_for_a_job_that_failed_without_a_task() -> None:
+    # A job that never got its slots has no task states to tell its end by.
+    stream = io.StringIO()
+    with JobView(stream, live=False) as view:
+        view.on_update(replace(make_update(0, {}, final=True), outcome="FAILED"))
+    assert "FAILED after 0.0 s" in stream.getvalue()
 
 
 def test_plain_view_prints_a_line_per_vertex_and_a_summary() -> None:

@@ -385,7 +385,7 @@ class JobView:
             )
 
     def _print_summary(self, update: JobMetricsUpdate, rows: Sequence[VertexRow]) -> None:
-        outcome = job_outcome(update.states)
+        outcome = update.outcome or job_outcome(update.states)
         print_table(
             _SUMMARY_COLUMNS,
             [_summary_cells(row) for row in rows],

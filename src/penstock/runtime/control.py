@@ -395,6 +395,8 @@ class JobMetricsUpdate:
         sampled_ms: Per task name, ``elapsed_ms`` when its metrics arrived, so that a
             rate is a difference of counters over the time between two samples.
         final: The job has ended; the metrics are final.
+        outcome: How it ended, on the final update: FINISHED, FAILED or CANCELED (a
+            job can fail before it has tasks, so their states cannot tell); "" before.
     """
 
     job_id: JobID
@@ -404,6 +406,7 @@ class JobMetricsUpdate:
     states: dict[str, str]
     sampled_ms: dict[str, int]
     final: bool = False
+    outcome: str = ""
 
 
 ControlMessage = (

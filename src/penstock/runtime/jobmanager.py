@@ -669,10 +669,10 @@ class JobManager:
         runtime_ms = round((time.monotonic() - job.started) * 1000) if job.started else 0
         metrics = {e.task_name: dict(e.metrics) for e in job.executions.values()}
         result = JobResult(job.graph.job_id, job.graph.name, runtime_ms, metrics, error, cancelled)
-        outcome = "cancelled" if cancelled else ("failed" if error is not None else "finished")
+        outcome = "CANCELED" if cancelled else ("FAILED" if error is not None else "FINISHED")
         log.info("%s: job %r %s after %d ms", self.name, job.graph.name, outcome, runtime_ms)
         self._publish(job)
-        self._send_metric_update(job, final=True)
+        self._send_metric_update(job, final=True, outcome=outcome)
         try:
             job.listener.on_result(result)
         except Exception:
@@ -703,7 +703,7 @@ class JobManager:
                 job.next_metrics = now + METRICS_UPDATE_INTERVAL_S
                 self._send_metric_update(job, final=False)
 
-    def _send_metric_update(self, job: _Job, final: bool) -> None:
+    def _send_metric_update(self, job: _Job, final: bool, outcome: str = "") -> None:
         if job.on_metrics is None:
             return
         started = job.started
@@ -721,6 +721,7 @@ class JobManager:
             {e.task_name: e.state.name for e in executions},
             {e.task_name: since_start(e.sampled_at) for e in executions},
             final,
+            outcome,
         )
         try:
             job.on_metrics(update)
