@@ -763,6 +763,22 @@ def test_run_with_network_settings_no_task_manager_could_use_exits_2_at_once(
     assert child_pids() == before
 
 
+def test_run_with_a_busy_data_port_exits_2_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = write_job(tmp_path / "one.py", "env.from_sequence(1, 3).print()", "env.execute()")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        before = child_pids()
+        setting = ["-D", f"taskmanager.data.port={port}", "-D", "parallelism.default=1"]
+        assert main(["run", str(job_file), *setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"penstock run: error: Invalid configuration taskmanager.data.port={port}"
+    )
+    assert child_pids() == before
+
+
 def test_a_job_file_that_does_not_compile_shows_where(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -468,19 +468,23 @@ def _check_minicluster_network(config: Configuration) -> None:
     Raises:
         ConfigurationError: TLS key material cannot be loaded (a file is missing or
             invalid, the key password is wrong), or no socket can be bound on
-            ``taskmanager.host``.
+            ``taskmanager.host`` and ``taskmanager.data.port``.
     """
     ssl_options = SslOptions.from_configuration(config)
     if ssl_options.enabled:
         server_context(ssl_options)
         client_context(ssl_options)
     host = config.get(TASKMANAGER_HOST)
+    port = config.get(DATA_PORT)
     try:
-        family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind) as probe:
-            probe.bind(address)  # on a free port: whether this host has the address
+            # As the data server binds it (asyncio reuses addresses): whether this host
+            # has the address and, for a fixed port, whether anyone listens there.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     except OSError as exc:  # socket.gaierror too: a name that does not resolve
-        raise data_port_bind_error(host, config.get(DATA_PORT), exc) from exc
+        raise data_port_bind_error(host, port, exc) from exc
 
 
 def open_session(job: JobGraph, config: Configuration, metrics: bool = False) -> JobSession:
