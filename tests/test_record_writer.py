@@ -786,3 +786,17 @@ def test_a_bytes_serializer_of_its_own_is_asked_on_every_path(timeout: int) -> N
         writer.close()
     (drained,) = out.finish_and_drain()
     assert records_in(BytesSerializer(), drained.data) == [b"AB", b"CD"]
+
+
+def test_a_flusher_of_the_longest_timeout_waits_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # execution.buffer-timeout takes any positive long, as in Flink: longer than a
+    # thread can wait at once is as good as never.
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    flusher = OutputFlusher("OutputFlusher for test", 2**63 - 1, lambda: None, failures.append)
+    flusher.start()
+    assert flusher.is_alive
+    flusher.terminate()
+    assert failures == []

@@ -54,7 +54,9 @@ class OutputFlusher:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        interval = self.timeout_ms / 1000
+        # Any positive long is a valid timeout, as in Flink; one longer than a thread
+        # can wait at once (centuries) is cut to that.
+        interval = min(self.timeout_ms / 1000, threading.TIMEOUT_MAX)
         while not self._stopped.wait(interval):
             try:
                 self._flush()
