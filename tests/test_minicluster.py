@@ -7,10 +7,12 @@ them are lambdas, which cloudpickle ships by value to the TaskManager processes.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,6 +419,28 @@ def test_task_managers_run_in_process_groups_of_their_own() -> None:
         groups = {os.getpgid(pid) for pid in cluster.task_manager_pids}
     assert groups == set(cluster.task_manager_pids)
     assert os.getpgid(0) not in groups
+
+
+@pytest.mark.cluster
+def test_close_kills_a_task_manager_the_job_manager_lost_without_a_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A frozen TaskManager (stopped, or stuck) counts as lost after heartbeat.timeout:
+    # the error has reached the job already, and close() must not make the user wait
+    # the grace period that is meant for a TaskManager shutting down in order.
+    config = Configuration({"heartbeat.interval": "100 ms", "heartbeat.timeout": "500 ms"})
+    cluster = MiniCluster(config, 2).start()
+    try:
+        frozen = cluster.task_manager_pids[0]
+        os.kill(frozen, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while cluster.job_manager.num_task_managers != 1:
+            assert time.monotonic() < deadline, "the frozen TaskManager was never lost"
+            time.sleep(0.05)
+    finally:
+        cluster.close()
+    assert "did not exit" not in caplog.text
+    assert [p.returncode for p in cluster._processes if p.pid == frozen] == [-signal.SIGKILL]
 
 
 # -- CPU placement ----------------------------------------------------------------------

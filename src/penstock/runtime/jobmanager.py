@@ -289,6 +289,7 @@ class JobManager:
         # Read by other threads under the condition only.
         self._changed = threading.Condition()
         self._tm_count = 0
+        self._lost_pids: set[int] = set()
         self._job_status: dict[JobID, _JobStatus] = {}
         self._running_tasks: dict[JobID, int] = {}
         self._thread = threading.Thread(target=self._main_loop, name=f"{name}-main", daemon=True)
@@ -405,6 +406,12 @@ class JobManager:
         with self._changed:
             return self._tm_count
 
+    @property
+    def lost_task_manager_pids(self) -> frozenset[int]:
+        """The process ids of the TaskManagers this JobManager lost while it ran."""
+        with self._changed:
+            return frozenset(self._lost_pids)
+
     def _on_message(self, tm_id: str, message: ControlMessage) -> None:
         tm = self._task_managers.get(tm_id)
         if tm is None:
@@ -434,6 +441,8 @@ class JobManager:
         tm.gateway.close()
         with self._changed:
             self._tm_count = len(self._task_managers)
+            if not self._stopped.is_set():
+                self._lost_pids.add(tm.registration.pid)
             self._changed.notify_all()
         if self._stopped.is_set():
             return

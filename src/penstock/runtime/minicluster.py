@@ -227,7 +227,14 @@ class MiniCluster:
             self._closed = True
             processes = list(self._processes)
         _LIVE.discard(self)
+        lost = self.job_manager.lost_task_manager_pids
         self.job_manager.shutdown("the mini-cluster is closing")
+        for process in processes:
+            # Its loss was reported already; frozen or stuck, it would not hear a
+            # shutdown, so it gets no grace period.
+            if process.pid in lost and process.poll() is None:
+                log.info("TaskManager %d was lost; killing it", process.pid)
+                process.kill()
         if self._server is not None:
             self._server.close()
         for process in processes:
