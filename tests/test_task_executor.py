@@ -27,6 +27,7 @@ from penstock.runtime.control import (
     TaskStateChanged,
 )
 from penstock.runtime.deployment import build_deployment
+from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.states import ExecutionState
 from penstock.runtime.task import Task
 from penstock.runtime.taskmanager import RunnableTask, TaskExecutor
@@ -53,18 +54,23 @@ def wait_for_state(sent: queue.SimpleQueue[ControlMessage], state: ExecutionStat
             return
 
 
+def deploy_producer_only(task_executor: TaskExecutor, name: str) -> JobGraph:
+    """Deploys the source of a source → sink job here; its sink is never deployed."""
+    source = vertex("source", ("Source: Sequence", SequenceSourceFactory(1, 100)))
+    sink = vertex("sink", ("Sink: Sink", SinkFactory(print)))
+    graph = job(name, [source, sink], [edge(source, sink)])
+    address = task_executor.shuffle.data_address
+    producer, _consumer = build_deployment(graph, {(0, 0): address, (1, 0): address})
+    task_executor.handle(DeployTask(producer.execution_id, SerializedValue.of(producer)))
+    return graph
+
+
 def test_the_end_of_a_job_releases_the_partitions_its_consumers_never_read(
     executor: tuple[TaskExecutor, queue.SimpleQueue[ControlMessage]],
 ) -> None:
     task_executor, sent = executor
     pool = task_executor.shuffle.network_pool
-    source = vertex("source", ("Source: Sequence", SequenceSourceFactory(1, 100)))
-    sink = vertex("sink", ("Sink: Sink", SinkFactory(print)))
-    graph = job("half deployed", [source, sink], [edge(source, sink)])
-    address = task_executor.shuffle.data_address
-    producer, _consumer = build_deployment(graph, {(0, 0): address, (1, 0): address})
-
-    task_executor.handle(DeployTask(producer.execution_id, SerializedValue.of(producer)))
+    graph = deploy_producer_only(task_executor, "half deployed")
     wait_for_state(sent, ExecutionState.FINISHED)
     (partition_id,) = task_executor.shuffle.partition_manager.partition_ids
     assert pool.available_segments < pool.total_segments  # its output waits for a reader
@@ -140,13 +146,7 @@ def test_a_partition_registered_after_its_job_was_released_is_released_too() -> 
     task_executor.start()
     try:
         pool = task_executor.shuffle.network_pool
-        source = vertex("source", ("Source: Sequence", SequenceSourceFactory(1, 100)))
-        sink = vertex("sink", ("Sink: Sink", SinkFactory(print)))
-        graph = job("released while deploying", [source, sink], [edge(source, sink)])
-        address = task_executor.shuffle.data_address
-        producer, _consumer = build_deployment(graph, {(0, 0): address, (1, 0): address})
-
-        task_executor.handle(DeployTask(producer.execution_id, SerializedValue.of(producer)))
+        graph = deploy_producer_only(task_executor, "released while deploying")
         assert shuffles[0].creating.wait(WAIT_S)
         task_executor.handle(ReleaseJob(graph.job_id))
         shuffles[0].go.set()
