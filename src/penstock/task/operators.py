@@ -290,17 +290,24 @@ class MapOperator(AbstractStreamOperator):
         self.output.collect_batch(results)
 
 
-class FlatMapOperator(AbstractStreamOperator):
-    """``flat_map``: any number of records out per record in."""
+class _ProducingOperator(AbstractStreamOperator):
+    """An operator whose function produces any number of records per record."""
 
-    def __init__(self, fn: UserFunction) -> None:
-        super().__init__(fn)
-        self._flat_map, self._with_collector = as_flat_map(fn)
+    def __init__(self, function: object = None, key_selector: object = None) -> None:
+        super().__init__(function, key_selector)
         self._out = _ChunkingCollector(self.output.collect_batch, self.take)
 
     def setup(self, output: Output[object], context: RuntimeContext) -> None:
         super().setup(output, context)
         self._out = _ChunkingCollector(output.collect_batch, self.take)
+
+
+class FlatMapOperator(_ProducingOperator):
+    """``flat_map``: any number of records out per record in."""
+
+    def __init__(self, fn: UserFunction) -> None:
+        super().__init__(fn)
+        self._flat_map, self._with_collector = as_flat_map(fn)
 
     def process_batch(self, records: list[object]) -> None:
         flat_map = self._flat_map
@@ -458,7 +465,7 @@ class SumOperator(AbstractStreamOperator):
         self.output.collect_batch(results)
 
 
-class ProcessOperator(AbstractStreamOperator):
+class ProcessOperator(_ProducingOperator):
     """Keyed ``process``: ``process_element(value, ctx[, out])`` per record."""
 
     def __init__(self, fn: UserFunction, key_selector: UserFunction) -> None:
@@ -467,11 +474,6 @@ class ProcessOperator(AbstractStreamOperator):
         self._process = cast("Callable[..., Iterable[object] | None]", process)
         self._get_key = as_key_selector(key_selector)
         self._ctx: ProcessContext | None = None
-        self._out = _ChunkingCollector(self.output.collect_batch, self.take)
-
-    def setup(self, output: Output[object], context: RuntimeContext) -> None:
-        super().setup(output, context)
-        self._out = _ChunkingCollector(output.collect_batch, self.take)
 
     def open(self) -> None:
         super().open()
