@@ -93,7 +93,8 @@ class FakeTaskManager:
     def send(self, message: ControlMessage) -> None:
         self.received.put(message)
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 0.0) -> None:
+        del drain_s
         self.closed = True
 
     def register(self) -> FakeTaskManager:

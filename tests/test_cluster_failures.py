@@ -47,23 +47,30 @@ from penstock.errors import (
 from penstock.ids import JobID
 from penstock.runtime.client import InProcessSession, execute
 from penstock.runtime.control import (
+    SECRET_ENV,
     CancelTask,
     CollectBatch,
     ControlConnection,
     ControlMessage,
+    ControlServer,
     Heartbeat,
+    JobManagerHeartbeat,
     JobResult,
+    RegisterTaskManager,
     RegistrationAccepted,
     ReleaseJob,
     SerializedValue,
     Shutdown,
     SubmitJob,
+    connect,
+    new_secret,
 )
 from penstock.runtime.deployment import TaskDeploymentDescriptor
 from penstock.runtime.job_graph import JobGraph
 from penstock.runtime.jobmanager import JobManager
 from penstock.runtime.minicluster import MiniCluster
 from penstock.runtime.states import ExecutionState
+from penstock.runtime.taskmanager import run_task_manager
 from penstock.task.operators import MapFactory, SequenceSourceFactory, SinkFactory
 
 __all__ = ["no_leftover_processes"]
@@ -386,8 +393,8 @@ class _ClientConnection:
             raise EOFError
         return self._messages.pop(0)
 
-    def send(self, message: ControlMessage) -> None:
-        self.sent.append(message)
+    def send_payload(self, payload: bytes) -> None:
+        self.sent.append(pickle.loads(payload))
 
     def close(self) -> None:
         self.closed = True
@@ -466,7 +473,7 @@ def test_a_client_gone_before_its_refusal_costs_the_job_manager_nothing(
     job_manager: JobManager,
 ) -> None:
     class _GoneClient(_ClientConnection):
-        def send(self, message: ControlMessage) -> None:
+        def send_payload(self, payload: bytes) -> None:
             raise ClusterError("lost the control connection to client: broken pipe")
 
     client = _GoneClient(SubmitJob(JobID.generate(), "gone", SerializedValue(pickle.dumps(42))))
@@ -482,6 +489,124 @@ def test_shutdown_tells_task_managers_to_exit() -> None:
     manager.shutdown()
     assert isinstance(tm.next_of(Shutdown), Shutdown)
     assert tm.closed
+
+
+# -- peers that stop: a client that reads nothing, a JobManager that says nothing ----------
+
+
+@pytest.mark.parametrize(
+    "job_manager", [{"config": {"heartbeat.interval": "50 ms"}}], indirect=True
+)
+def test_task_managers_hear_from_the_job_manager_every_heartbeat_interval(
+    job_manager: JobManager,
+) -> None:
+    tm = FakeTaskManager(job_manager, "tm", 1, 7010).register()
+    for _ in range(3):
+        assert isinstance(tm.next_of(JobManagerHeartbeat), JobManagerHeartbeat)
+
+
+@pytest.mark.parametrize(
+    "job_manager", [{"config": {"heartbeat.interval": "50 ms"}}], indirect=True
+)
+def test_a_remote_client_hears_from_the_job_manager_every_heartbeat_interval(
+    job_manager: JobManager,
+) -> None:
+    secret = new_secret()
+    with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
+        client = connect(server.address, secret)
+        try:
+            FakeTaskManager(job_manager, "tm", 2, 7012).register()
+            client.send(SubmitJob.of(two_by_two()))  # deployed, and then nothing happens
+            client.set_receive_timeout(WAIT_S)
+            for _ in range(3):
+                assert isinstance(client.recv(), JobManagerHeartbeat)
+        finally:
+            client.close()
+
+
+def test_a_client_that_stops_reading_does_not_stop_the_job_manager(
+    job_manager: JobManager,
+) -> None:
+    """A client suspended (Ctrl-Z) while its records pile up in its socket."""
+    secret = new_secret()
+    with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
+        client = connect(server.address, secret)
+        try:
+            tm = FakeTaskManager(job_manager, "tm", 2, 7011).register()
+            graph = two_by_two()
+            client.send(SubmitJob.of(graph))
+            tdds = tm.deployments(4)
+            # The client reads nothing while 32 MiB are collected for it: more than
+            # the socket buffers between it and the JobManager hold.
+            records: SerializedValue[list[object]] = SerializedValue.of([b"x" * (1 << 20)])
+            for seq in range(32):
+                batch = CollectBatch(graph.job_id, tdds[0].execution_id, seq, records)
+                job_manager.on_message("tm", batch)
+            wait_until_handled(job_manager)  # its main thread still serves the rest
+            # The client, back, gets every batch in order.
+            received = [client.recv() for _ in range(32)]
+            assert [cast("CollectBatch", batch).seq for batch in received] == list(range(32))
+        finally:
+            client.close()
+
+
+class _MuteJobManager:
+    """Accepts connections, takes what comes (accepting registrations), says nothing else."""
+
+    def __init__(self) -> None:
+        self.secret = new_secret()
+        self.connections: list[ControlConnection] = []
+        self.server = ControlServer("127.0.0.1", 0, self.secret, self._serve, "mute")
+
+    def _serve(self, connection: ControlConnection) -> None:
+        self.connections.append(connection)
+        with contextlib.suppress(EOFError, ClusterError):
+            while True:
+                message = connection.recv()
+                if isinstance(message, RegisterTaskManager):
+                    connection.send(RegistrationAccepted(message.tm_id))
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def mute_job_manager() -> Iterator[_MuteJobManager]:
+    mute = _MuteJobManager()
+    yield mute
+    mute.close()
+
+
+SILENCE: Final = {"heartbeat.timeout": "300 ms", "heartbeat.interval": "100 ms"}
+
+
+def test_a_task_manager_leaves_a_job_manager_it_hears_nothing_from(
+    mute_job_manager: _MuteJobManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    status = run_task_manager(
+        mute_job_manager.server.address, mute_job_manager.secret, Configuration(SILENCE), 1
+    )
+    assert status == 1
+    peer = "{}:{}".format(*mute_job_manager.server.address)
+    assert f"lost the JobManager: heard nothing from {peer} for 300 ms (heartbeat.timeout)" in (
+        caplog.text
+    )
+
+
+def test_a_remote_client_fails_its_job_when_it_hears_nothing_from_the_job_manager(
+    mute_job_manager: _MuteJobManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = mute_job_manager.server.address
+    monkeypatch.setenv(SECRET_ENV, mute_job_manager.secret.decode())
+    remote = {"execution.target": "remote", "jobmanager.rpc.address": host}
+    config = Configuration({**remote, "jobmanager.rpc.port": port, **SILENCE})
+    with pytest.raises(JobExecutionError, match="lost the JobManager") as info:
+        execute(two_by_two(), config)
+    assert str(info.value.__cause__) == (
+        f"heard nothing from {host}:{port} for 300 ms (heartbeat.timeout)"
+    )
 
 
 # -- Ctrl-C and a dying client, in a client process of their own ------------------------

@@ -22,9 +22,13 @@ from penstock.runtime.control import (
     ControlMessage,
     ControlServer,
     Heartbeat,
+    JobManagerHeartbeat,
+    JobMetricsUpdate,
     JobResult,
+    Outbox,
     RegisterTaskManager,
     SerializedValue,
+    Shutdown,
     TaskStateChanged,
     connect,
     load_secret,
@@ -186,6 +190,135 @@ def test_close_wakes_a_blocked_reader(echo: Echo, secret: bytes) -> None:
     with pytest.raises(EOFError):
         connection.recv()
     connection.close()
+
+
+def test_a_receive_timeout_names_the_silence_and_its_setting(echo: Echo, secret: bytes) -> None:
+    connection = connect(echo.server.address, secret)
+    try:
+        connection.set_receive_timeout(0.2, "heartbeat.timeout")
+        with pytest.raises(ClusterError) as info:
+            connection.recv()  # the echo server says nothing unless spoken to
+        peer = connection.peer
+        assert str(info.value) == f"heard nothing from {peer} for 200 ms (heartbeat.timeout)"
+    finally:
+        connection.close()
+
+
+# -- the outbox ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unread(secret: bytes) -> Iterator[tuple[ControlConnection, ControlConnection]]:
+    """A connected pair: (our end, the peer's end, which reads only when told to)."""
+    accepted: queue.SimpleQueue[ControlConnection] = queue.SimpleQueue()
+    server = ControlServer("127.0.0.1", 0, secret, accepted.put, "test")
+    ours = connect(server.address, secret)
+    theirs = accepted.get(timeout=WAIT_S)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+    server.close()
+
+
+JOB = JobID.generate()
+EXECUTION = ExecutionAttemptID.generate()
+
+
+def _batch(seq: int, size: int) -> CollectBatch:
+    records: SerializedValue[list[object]] = SerializedValue.of([b"x" * size])
+    return CollectBatch(JOB, EXECUTION, seq, records)
+
+
+def _fill(outbox: Outbox) -> int:
+    """Sends 1 MiB batches until some wait in the outbox; returns how many were sent."""
+    # A loopback socket's buffers hold a few MiB at most; 64 MiB is more than enough.
+    for seq in range(64):
+        outbox.send(_batch(seq, 1 << 20))
+        if outbox.waiting > 1:
+            return seq + 1
+    pytest.fail("64 MiB went into the socket's buffers without waiting")
+
+
+def _seq(message: ControlMessage) -> int:
+    assert isinstance(message, CollectBatch)
+    return message.seq
+
+
+def test_an_outbox_never_waits_for_a_peer_that_does_not_read(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    outbox = Outbox(ours)
+    sent = _fill(outbox)  # returns although the peer has read nothing
+    assert outbox.waiting > 1
+    # Read, everything arrives, in order.
+    assert [_seq(theirs.recv()) for _ in range(sent)] == list(range(sent))
+    outbox.close(drain_s=WAIT_S)
+
+
+def test_a_newer_message_supersedes_one_of_its_kind_still_waiting(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    outbox = Outbox(ours)
+    sent = _fill(outbox)
+    update = JobMetricsUpdate(JOB, "j", 1, {}, {}, {})
+    outbox.send(update, supersede=JobMetricsUpdate)
+    outbox.send(_batch(sent, 1))
+    newer = JobMetricsUpdate(JOB, "j", 2, {}, {}, {})
+    outbox.send(newer, supersede=JobMetricsUpdate)
+    received = [theirs.recv() for _ in range(sent + 2)]
+    assert [_seq(message) for message in received[:-1]] == list(range(sent + 1))
+    assert received[-1] == newer
+    outbox.close()
+
+
+def test_close_writes_what_waits_within_its_drain_time(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    outbox = Outbox(ours)
+    sent = _fill(outbox)
+    outbox.send(Shutdown("done"))
+    reader = threading.Thread(target=lambda: [theirs.recv() for _ in range(sent)])
+    reader.start()
+    outbox.close(drain_s=WAIT_S)
+    reader.join(WAIT_S)
+    assert theirs.recv() == Shutdown("done")
+    with pytest.raises(EOFError):
+        theirs.recv()
+    with pytest.raises(ClusterError, match="is closed"):
+        outbox.send(Shutdown())
+
+
+def test_close_without_drain_time_drops_what_waits(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    outbox = Outbox(ours)
+    _fill(outbox)
+    outbox.send(Shutdown("never written"))
+    outbox.close()
+    received: list[ControlMessage] = []
+    with pytest.raises(EOFError):
+        while True:
+            received.append(theirs.recv())
+    assert Shutdown("never written") not in received
+
+
+def test_a_failed_write_closes_the_connection_and_fails_later_sends(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    outbox = Outbox(ours)
+    theirs.close()
+    with pytest.raises(ClusterError, match="lost the control connection"):
+        # The first writes may still land in the socket's buffer; one fails in the end.
+        for _ in range(1000):
+            outbox.send(JobManagerHeartbeat())
+            threading.Event().wait(0.01)
+    with pytest.raises(EOFError):
+        ours.recv()  # a reader of the connection hears of it
 
 
 # -- keys ------------------------------------------------------------------------------

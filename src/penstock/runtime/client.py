@@ -45,6 +45,7 @@ import cloudpickle
 from penstock.config import (
     DATA_PORT,
     EXECUTION_TARGET,
+    HEARTBEAT_TIMEOUT,
     JOBMANAGER_RPC_ADDRESS,
     JOBMANAGER_RPC_PORT,
     NUMBER_OF_TASK_SLOTS,
@@ -390,8 +391,10 @@ def _start_reader(
                     events.put(message)
                     if isinstance(message, JobResult):
                         return
-        except (EOFError, ClusterError) as exc:
+        except EOFError as exc:
             events.put(ClusterError(f"the control connection to {connection.peer} closed: {exc}"))
+        except ClusterError as exc:  # silent for heartbeat.timeout, or not speaking our protocol
+            events.put(exc)
 
     thread = threading.Thread(target=read, name="job-client-reader", daemon=True)
     thread.start()
@@ -509,7 +512,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     # key before any process starts instead of killing TaskManagers on the way up.
     ShuffleOptions.from_configuration(merged)
     SslOptions.from_configuration(merged)
-    heartbeat_timeout_ms(merged)
+    silence_s = heartbeat_timeout_ms(merged) / 1000
     _ship_script_neighbours()
     on_submit = _SUBMIT_OBSERVER.get()
     if on_submit is not None:
@@ -529,7 +532,14 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
             cluster.close()
             raise
     address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
-    return RemoteSession(lambda: connect(address, load_secret(environ=os.environ)), job, metrics)
+
+    def connect_to_job_manager() -> ControlConnection:
+        connection = connect(address, load_secret(environ=os.environ))
+        # The JobManager sends at least a heartbeat every heartbeat.interval.
+        connection.set_receive_timeout(silence_s, HEARTBEAT_TIMEOUT.key)
+        return connection
+
+    return RemoteSession(connect_to_job_manager, job, metrics)
 
 
 def _local_session(job: JobGraph, config: Configuration, metrics: bool) -> InProcessSession:
@@ -571,8 +581,9 @@ class _LocalGateway:
     def send(self, message: ControlMessage) -> None:
         self._executor.handle(message)
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 0.0) -> None:
         """Nothing to drop; the session closes the executor."""
+        del drain_s
 
 
 # -- running --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import pickle
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,10 @@ __all__ = [
     "ControlServer",
     "DeployTask",
     "Heartbeat",
+    "JobManagerHeartbeat",
     "JobMetricsUpdate",
     "JobResult",
+    "Outbox",
     "RegisterTaskManager",
     "RegistrationAccepted",
     "ReleaseJob",
@@ -68,6 +71,7 @@ __all__ = [
     "SubmitJob",
     "TaskStateChanged",
     "connect",
+    "encode",
     "load_secret",
     "name_unpicklable",
     "new_secret",
@@ -196,6 +200,16 @@ class Heartbeat:
 
     tm_id: str
     metrics: dict[ExecutionAttemptID, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobManagerHeartbeat:
+    """JobManager → TaskManager or client: alive; sent every ``heartbeat.interval``.
+
+    A peer that hears nothing from its JobManager (this or any other message) for its
+    ``heartbeat.timeout`` counts the JobManager as lost, as the JobManager counts a
+    silent TaskManager.
+    """
 
 
 T = TypeVar("T")
@@ -413,6 +427,7 @@ ControlMessage = (
     RegisterTaskManager
     | RegistrationAccepted
     | Heartbeat
+    | JobManagerHeartbeat
     | DeployTask
     | CancelTask
     | ReleaseJob
@@ -445,6 +460,7 @@ class ControlConnection:
         self.peer = peer
         self._send_lock = threading.Lock()
         self._closed = False
+        self._receive_timeout = "0 ms"
 
     def send(self, message: ControlMessage) -> None:
         """Sends one message.
@@ -452,23 +468,48 @@ class ControlConnection:
         Raises:
             ClusterError: The connection is closed or broken.
         """
-        payload = cloudpickle.dumps(message)
+        self.send_payload(encode(message))
+
+    def send_payload(self, payload: bytes) -> None:
+        """Sends one message that ``encode`` made.
+
+        Raises:
+            ClusterError: The connection is closed or broken.
+        """
         with self._send_lock:
             try:
                 self._connection.send_bytes(payload)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, TypeError) as exc:
+                # TypeError: close() in another thread dropped the handle under this write.
                 msg = f"lost the control connection to {self.peer}: {exc}"
                 raise ClusterError(msg) from exc
+
+    def set_receive_timeout(self, seconds: float, setting: str = "") -> None:
+        """Bounds each wait in ``recv`` to ``seconds`` (0: for ever).
+
+        Args:
+            seconds: The timeout.
+            setting: The configuration key it comes from, for the error.
+        """
+        with contextlib.suppress(OSError, ValueError):
+            _set_receive_timeout(self._connection, seconds)
+        waited = f"{round(seconds * 1000)} ms"
+        self._receive_timeout = f"{waited} ({setting})" if setting else waited
 
     def recv(self) -> ControlMessage:
         """Waits for the next message.
 
         Raises:
             EOFError: The peer closed the connection (or it was closed here).
-            ClusterError: The peer sent something that is not a control message.
+            ClusterError: The peer sent something that is not a control message, or
+                nothing within the receive timeout (the connection is of no further
+                use then: a message may have been cut).
         """
         try:
             payload = self._connection.recv_bytes()
+        except BlockingIOError as exc:  # SO_RCVTIMEO ran out
+            msg = f"heard nothing from {self.peer} for {self._receive_timeout}"
+            raise ClusterError(msg) from exc
         except (OSError, ValueError, TypeError) as exc:
             # TypeError: close() in another thread dropped the handle under this read.
             raise EOFError(str(exc)) from exc
@@ -479,7 +520,7 @@ class ControlConnection:
         return message  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Closes the connection; a thread blocked in ``recv`` gets EOFError."""
+        """Closes the connection; a thread blocked in ``recv`` or ``send`` wakes up."""
         if self._closed:
             return
         self._closed = True
@@ -494,6 +535,126 @@ class ControlConnection:
 
     def __repr__(self) -> str:
         return f"ControlConnection({self.peer})"
+
+
+def encode(message: ControlMessage) -> bytes:
+    """``message`` as it travels (cloudpickle: deployments carry user functions).
+
+    Raises:
+        Exception: Whatever pickling raises for a part that cannot be pickled.
+    """
+    payload: bytes = cloudpickle.dumps(message)
+    return payload
+
+
+class Outbox:
+    """Sends one connection's messages from a thread of its own, so no sender waits.
+
+    The JobManager's main thread talks to every TaskManager and client. Were it to write
+    to their sockets itself, one peer that stops reading (a client suspended with
+    Ctrl-Z while its collected records fill the socket's buffers) would stop it, and
+    with it the heartbeats of every TaskManager, which would all count as lost. So its
+    messages are pickled where they are sent (an unpicklable one fails there, at once)
+    and written in order by this outbox's thread.
+
+    What waits here is bounded by the protocol, not by a limit of its own: collected
+    batches by the collect window, acknowledgements by the batches, and a message sent
+    with a ``supersede`` key replaces the one with that key still waiting (a newer
+    metrics update makes an unsent one worthless). A TaskManager that stops reading
+    stops sending heartbeats too, and is lost and closed within ``heartbeat.timeout``.
+
+    A write that fails closes the connection, which wakes its reader (that is how the
+    JobManager hears of the loss) and makes every later ``send`` raise.
+
+    Args:
+        connection: The connection to write to; this outbox closes it.
+        name: Names the thread.
+    """
+
+    def __init__(self, connection: ControlConnection, name: str = "control") -> None:
+        self.peer = connection.peer
+        self._connection = connection
+        self._condition = threading.Condition()
+        self._waiting: deque[tuple[object, bytes]] = deque()
+        self._writing = False
+        self._closing = False
+        self._error: ClusterError | None = None
+        self._thread = threading.Thread(
+            target=self._write_loop, name=f"{name}-send-{connection.peer}", daemon=True
+        )
+        self._thread.start()
+
+    def send(self, message: ControlMessage, supersede: object = None) -> None:
+        """Queues ``message``; returns without waiting for the peer.
+
+        Args:
+            message: The message.
+            supersede: If not None, a message sent with the same key and not written
+                yet is dropped: this one takes its place, at the end of the queue.
+
+        Raises:
+            ClusterError: The connection is closed or broken.
+            Exception: ``message`` cannot be pickled.
+        """
+        payload = encode(message)
+        with self._condition:
+            if self._error is not None:
+                raise self._error
+            if self._closing:
+                msg = f"the control connection to {self.peer} is closed"
+                raise ClusterError(msg)
+            if supersede is not None:
+                for entry in self._waiting:
+                    if entry[0] == supersede:
+                        self._waiting.remove(entry)
+                        break
+            self._waiting.append((supersede, payload))
+            self._condition.notify()
+
+    def close(self, drain_s: float = 0.0) -> None:
+        """Closes the connection, after up to ``drain_s`` for what waits to be written.
+
+        Messages not written by then are dropped.
+        """
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+            if drain_s > 0:
+                self._condition.wait_for(lambda: not self._waiting and not self._writing, drain_s)
+            self._waiting.clear()
+        self._connection.close()
+
+    @property
+    def waiting(self) -> int:
+        """Messages sent and not written yet."""
+        with self._condition:
+            return len(self._waiting) + self._writing
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: bool(self._waiting) or self._closing)
+                if not self._waiting:
+                    return  # closed, and nothing left to write
+                _, payload = self._waiting.popleft()
+                self._writing = True
+            try:
+                self._connection.send_payload(payload)
+            except ClusterError as exc:
+                log.debug("%s", exc)
+                with self._condition:
+                    self._error = exc
+                    self._waiting.clear()
+                    self._writing = False
+                    self._condition.notify_all()
+                self._connection.close()  # wakes the reader: the peer is lost
+                return
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()
+
+    def __repr__(self) -> str:
+        return f"Outbox({self.peer}, waiting={self.waiting})"
 
 
 def _set_receive_timeout(

@@ -4,7 +4,9 @@ Theory of operation. All state of the JobManager (TaskManagers and their slots, 
 and their executions) is owned by one thread, its *main thread*, like Flink's
 JobMaster main-thread executor. Everything else (connection readers, clients, timers)
 hands it work through ``_run_in_main``; so nothing here takes a lock, and a message
-from a TaskManager can never race with a deployment or a cancellation.
+from a TaskManager can never race with a deployment or a cancellation. The main thread
+never waits for a peer either: what it sends to a TaskManager or a remote client is
+written by that connection's ``Outbox``, so a peer that stops reading stops nobody else.
 
 A job goes through::
 
@@ -28,6 +30,9 @@ and a final one with every task's final metrics just before the job's result.
 On the first FAILED task, or when a TaskManager is lost (its control connection
 closes, or its heartbeat is older than ``heartbeat.timeout``), the job cancels every
 other task, waits (bounded) until all are terminal, and ends with that first failure.
+Heartbeats also go the other way: every ``heartbeat.interval`` each TaskManager and
+remote client gets a ``JobManagerHeartbeat``, so that they notice a JobManager that
+stopped or was cut off.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
 
-from penstock.config import Configuration, heartbeat_timeout_ms
+from penstock.config import HEARTBEAT_INTERVAL, Configuration, heartbeat_timeout_ms
 from penstock.errors import ClusterError, IllegalStateError, RemoteError, SerializationError
 from penstock.ids import ExecutionAttemptID, JobID
 from penstock.runtime.control import (
@@ -55,8 +60,10 @@ from penstock.runtime.control import (
     ControlMessage,
     DeployTask,
     Heartbeat,
+    JobManagerHeartbeat,
     JobMetricsUpdate,
     JobResult,
+    Outbox,
     RegisterTaskManager,
     RegistrationAccepted,
     ReleaseJob,
@@ -96,6 +103,10 @@ metrics with their heartbeats at least once a second)."""
 
 _IDLE_WAKEUP_S: Final = 1.0
 
+_LAST_WORDS_S: Final = 2.0
+"""How long a last message (``Shutdown`` to every TaskManager, a refusal to a client)
+may take to be written before its connection is closed all the same."""
+
 _SYMPTOMS_OF_A_LOST_PEER: Final = frozenset(
     f"penstock.errors.{name}"
     for name in ("RemoteTransportError", "LocalTransportError", "PartitionNotFoundError")
@@ -112,14 +123,14 @@ def _is_symptom(error: BaseException | None) -> bool:
 
 
 class TaskManagerGateway(Protocol):
-    """How the JobManager reaches one TaskManager."""
+    """How the JobManager reaches one TaskManager (from its main thread: never blocks)."""
 
     def send(self, message: ControlMessage) -> None:
         """Sends a message; raises ClusterError when the TaskManager is unreachable."""
         ...
 
-    def close(self) -> None:
-        """Drops the connection."""
+    def close(self, drain_s: float = 0.0) -> None:
+        """Drops the connection, after up to ``drain_s`` for messages still unsent."""
         ...
 
 
@@ -280,6 +291,8 @@ class JobManager:
         self.config = Configuration(config)
         self.name = name
         self._heartbeat_timeout_s = heartbeat_timeout_ms(self.config) / 1000
+        self._heartbeat_interval_s = self.config.get(HEARTBEAT_INTERVAL) / 1000
+        self._next_heartbeat = 0.0
         self._slot_request_timeout_s = slot_request_timeout_s
         self._cancel_timeout_s = cancel_timeout_s
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -312,11 +325,14 @@ class JobManager:
             for job in list(self._jobs.values()):
                 error = ClusterError(f"job {job.graph.name!r} aborted: {reason}")
                 self._complete(job, error, cancelled=False)
-            for tm in list(self._task_managers.values()):
+            task_managers = list(self._task_managers.values())
+            self._task_managers.clear()
+            for tm in task_managers:
                 with contextlib.suppress(ClusterError):
                     tm.gateway.send(Shutdown(reason))
-                tm.gateway.close()
-            self._task_managers.clear()
+            deadline = time.monotonic() + _LAST_WORDS_S
+            for tm in task_managers:
+                tm.gateway.close(drain_s=max(0.0, deadline - time.monotonic()))
             done.set()
 
         self._run_in_main(stop)
@@ -336,7 +352,12 @@ class JobManager:
                 action = None
             # Each step on its own: an error in one is logged, and the thread, which
             # every job and client depends on, goes on.
-            for step in (action, self._check_deadlines, self._send_metric_updates):
+            for step in (
+                action,
+                self._check_deadlines,
+                self._send_heartbeats,
+                self._send_metric_updates,
+            ):
                 if step is None:
                     continue
                 try:
@@ -349,6 +370,8 @@ class JobManager:
         wakeup = _IDLE_WAKEUP_S
         if self._task_managers:
             wakeup = min(wakeup, self._heartbeat_timeout_s / 4)
+        if self._task_managers or self._jobs:
+            wakeup = min(wakeup, self._next_heartbeat - now)
         for job in self._jobs.values():
             if job.status is _JobStatus.WAITING:
                 wakeup = min(wakeup, job.slot_deadline - now)
@@ -457,6 +480,26 @@ class JobManager:
                     execution.state = ExecutionState.FAILED
             job.slots.pop(tm_id, None)
             self._fail(job, error)
+
+    def _send_heartbeats(self) -> None:
+        """Tells TaskManagers and remote clients that this JobManager is alive.
+
+        Sent every ``heartbeat.interval``, so that they notice when it is not (after
+        their ``heartbeat.timeout``).
+        """
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self._heartbeat_interval_s
+        heartbeat = JobManagerHeartbeat()
+        for tm_id, tm in list(self._task_managers.items()):
+            try:
+                tm.gateway.send(heartbeat)
+            except ClusterError as exc:
+                self._lose_task_manager(tm_id, str(exc))
+        for job in self._jobs.values():
+            if isinstance(job.listener, _ConnectionListener):
+                job.listener.on_heartbeat(heartbeat)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -785,7 +828,7 @@ class JobManager:
         self, registration: RegisterTaskManager, connection: ControlConnection
     ) -> None:
         tm_id = registration.tm_id
-        self.add_task_manager(registration, connection)
+        self.add_task_manager(registration, Outbox(connection, self.name))
         reason = "the control connection was closed"
         try:
             while True:
@@ -797,18 +840,17 @@ class JobManager:
         self.task_manager_lost(tm_id, reason)
 
     def _serve_client(self, submission: SubmitJob, connection: ControlConnection) -> None:
-        listener = _ConnectionListener(connection)
+        outbox = Outbox(connection, self.name)
+        listener = _ConnectionListener(outbox)
         try:
             job = _load_job(submission)
             self.submit(job, listener, listener.on_metrics if submission.metrics else None)
         except (ClusterError, IllegalStateError) as exc:
             result = JobResult(submission.job_id, submission.job_name, 0, {}, exc)
-            try:
-                connection.send(result)
-            except ClusterError:
-                log.info("%s: the client left before it heard: %s", self.name, exc)
-            finally:
-                connection.close()
+            log.info("%s: refused job %r: %s", self.name, submission.job_name, exc)
+            with contextlib.suppress(ClusterError):  # the client left: nobody to tell
+                outbox.send(result)
+            outbox.close(drain_s=_LAST_WORDS_S)
             return
         try:
             while True:
@@ -822,7 +864,7 @@ class JobManager:
         # A client that goes away takes its job with it.
         if not listener.done.is_set():
             self.cancel_job(job.job_id)
-        connection.close()
+        listener.close()
 
 
 def _unshippable(tdd: TaskDeploymentDescriptor, error: Exception) -> SerializationError:
@@ -867,27 +909,35 @@ def _load_job(submission: SubmitJob) -> JobGraph:
 
 
 class _ConnectionListener:
-    """Forwards a job's batches and result to a remote client."""
+    """Forwards a job's batches, metrics and result to a remote client, never waiting.
 
-    def __init__(self, connection: ControlConnection) -> None:
-        self._connection = connection
+    Everything goes through the client's outbox: the main thread calls these, and a
+    client that stops reading must not stop it.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
         self.done = threading.Event()
 
     def on_collect(self, batch: CollectBatch) -> None:
-        try:
-            self._connection.send(batch)
-        except ClusterError:
-            log.debug("client gone; batch dropped")
+        self._send(batch, "batch dropped")
 
     def on_metrics(self, update: JobMetricsUpdate) -> None:
-        try:
-            self._connection.send(update)
-        except ClusterError:
-            log.debug("client gone; metrics dropped")
+        # Only the newest of the updates not yet written matters.
+        self._send(update, "metrics dropped", supersede=JobMetricsUpdate)
+
+    def on_heartbeat(self, heartbeat: JobManagerHeartbeat) -> None:
+        self._send(heartbeat, "heartbeat dropped", supersede=JobManagerHeartbeat)
 
     def on_result(self, result: JobResult) -> None:
         self.done.set()
+        self._send(result, "result dropped")
+
+    def close(self) -> None:
+        self._outbox.close()
+
+    def _send(self, message: ControlMessage, dropped: str, supersede: object = None) -> None:
         try:
-            self._connection.send(result)
+            self._outbox.send(message, supersede)
         except ClusterError:
-            log.debug("client gone; result dropped")
+            log.debug("client %s gone; %s", self._outbox.peer, dropped)

@@ -10,11 +10,12 @@ task, so a slow client slows the job down instead of filling memory.
 
 As a process (``python -m penstock.runtime.taskmanager`` or ``penstock taskmanager``)
 it connects to a JobManager, registers, and serves until the JobManager says
-``Shutdown`` or its connection is lost; either way it cancels its tasks, closes the
-network stack and exits, so no TaskManager outlives its cluster. Started by a
-mini-cluster (``--bootstrap-stdin``), it reads the cluster key and configuration
-from its standard input and also exits when that pipe closes, i.e. when the parent
-process dies, and leaves Ctrl-C to the parent.
+``Shutdown``, its connection is lost, or it hears nothing from the JobManager for
+``heartbeat.timeout`` (the JobManager sends a heartbeat every ``heartbeat.interval``);
+either way it cancels its tasks, closes the network stack and exits, so no TaskManager
+outlives its cluster. Started by a mini-cluster (``--bootstrap-stdin``), it reads the
+cluster key and configuration from its standard input and also exits when that pipe
+closes, i.e. when the parent process dies, and leaves Ctrl-C to the parent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from penstock.config import HEARTBEAT_INTERVAL, NUMBER_OF_TASK_SLOTS, Configuration
+from penstock.config import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    NUMBER_OF_TASK_SLOTS,
+    Configuration,
+    heartbeat_timeout_ms,
+)
 from penstock.errors import ClusterError, PenstockError, RemoteError, TaskCancelledError
 from penstock.ids import ExecutionAttemptID, JobID, ResultPartitionID
 from penstock.runtime.control import (
@@ -42,6 +49,7 @@ from penstock.runtime.control import (
     ControlMessage,
     DeployTask,
     Heartbeat,
+    JobManagerHeartbeat,
     RegisterTaskManager,
     RegistrationAccepted,
     ReleaseJob,
@@ -265,7 +273,7 @@ class TaskExecutor:
                 channel.ack()
         elif isinstance(message, Shutdown):
             return False
-        elif not isinstance(message, RegistrationAccepted):
+        elif not isinstance(message, RegistrationAccepted | JobManagerHeartbeat):
             log.warning("%s: unexpected %s", self.tm_id, type(message).__name__)
         return True
 
@@ -424,6 +432,7 @@ def run_task_manager(
         The exit status: 0 after ``Shutdown`` (or when the parent mini-cluster closed,
         even before this TaskManager registered), 1 when the JobManager was lost.
     """
+    silence_s = heartbeat_timeout_ms(config) / 1000
     connection: ControlConnection | None = None
     executor = TaskExecutor(config, lambda message: _send(connection, message), slots, tm_id)
     parent_done = threading.Event()
@@ -442,6 +451,9 @@ def run_task_manager(
                 return 0
             raise
         executor.start_heartbeats()
+        # The JobManager sends at least a heartbeat every heartbeat.interval: silence
+        # for heartbeat.timeout means it is gone (stopped, or cut off), as for Flink.
+        connection.set_receive_timeout(silence_s, HEARTBEAT_TIMEOUT.key)
         log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
         status = 1
         try:
@@ -456,7 +468,7 @@ def run_task_manager(
             else:
                 log.warning("%s: lost the JobManager at %s:%d", executor.tm_id, *jobmanager)
         except ClusterError as exc:
-            log.warning("%s: %s", executor.tm_id, exc)
+            log.warning("%s: lost the JobManager: %s", executor.tm_id, exc)
         return status
     finally:
         executor.close()
