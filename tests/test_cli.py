@@ -27,7 +27,7 @@ from penstock.cli.job_view import JobView, VertexTracker, back_pressure_level, v
 from penstock.examples import EXAMPLES, load_example
 from penstock.ids import JobID
 from penstock.runtime.client import observe_jobs
-from penstock.runtime.control import JobMetricsUpdate
+from penstock.runtime.control import SECRET_ENV, JobMetricsUpdate
 from tls_certs import make_ca, openssl_available
 
 REPO: Final = Path(__file__).parent.parent
@@ -732,6 +732,21 @@ def test_a_bad_dash_d_setting_with_a_job_file_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("penstock run: error: Invalid configuration taskmanager.host=")
     assert "Traceback" not in err
+
+
+def test_a_remote_job_without_the_cluster_key_is_one_line_that_says_where_it_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    job_file = write_job(tmp_path / "remote.py", "env.from_sequence(1, 3).print()", "env.execute()")
+    remote = ["-D", "execution.target=remote", "-D", "jobmanager.rpc.port=1"]
+    assert main(["run", str(job_file), *remote]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"penstock run: error: Invalid configuration {SECRET_ENV}='': the cluster key is "
+        f"missing: set {SECRET_ENV} to the key of the cluster (the contents of the "
+        "JobManager's --secret-file)\n"
+    )
 
 
 @pytest.mark.parametrize("key_material", [False, True])

@@ -117,6 +117,7 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
     from penstock.config import Configuration
     from penstock.errors import ClusterError, ConfigurationError, JobExecutionError
     from penstock.runtime.client import configure_jobs, observe_jobs
+    from penstock.runtime.control import SECRET_ENV
 
     records: list[object] = []
     submitted: list[object] = []
@@ -140,8 +141,9 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             return EXIT_JOB_FAILED
         except ConfigurationError as exc:  # the job's own settings, found at submission
             view.close()
-            if job_file is None or exc.key in config:
-                return usage_error("run", str(exc))  # a setting of the command line's
+            if job_file is None or exc.key in config or exc.key == SECRET_ENV:
+                # A setting of the command line's, or of its environment.
+                return usage_error("run", str(exc))
             # The file's own code set it (set_parallelism(0)): where in the file is
             # worth its traceback.
             _print_job_file_error(job_file, exc)

@@ -534,7 +534,7 @@ def open_session(job: JobGraph, config: Configuration, metrics: bool = False) ->
     address = (merged.get(JOBMANAGER_RPC_ADDRESS), merged.get(JOBMANAGER_RPC_PORT))
 
     def connect_to_job_manager() -> ControlConnection:
-        connection = connect(address, load_secret(environ=os.environ))
+        connection = connect(address, load_secret(environ=os.environ, offers_file=False))
         # The JobManager sends at least a heartbeat every heartbeat.interval.
         connection.set_receive_timeout(silence_s, HEARTBEAT_TIMEOUT.key)
         return connection

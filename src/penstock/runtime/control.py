@@ -136,6 +136,7 @@ def load_secret(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     create: bool = False,
+    offers_file: bool = True,
 ) -> bytes:
     """The cluster key: from ``path`` if given, else from ``PENSTOCK_CLUSTER_SECRET``.
 
@@ -143,6 +144,8 @@ def load_secret(
         path: A key file (``--secret-file``).
         environ: The environment (``os.environ`` when None).
         create: Create ``path`` with a new key if it does not exist (the JobManager).
+        offers_file: The caller has a ``--secret-file`` option (a client has not):
+            the error for a missing key suggests it.
 
     Raises:
         ConfigurationError: No key is given, or the file cannot be read.
@@ -154,8 +157,11 @@ def load_secret(
     value = (os.environ if environ is None else environ).get(SECRET_ENV, "").strip()
     if not value:
         reason = (
-            f"the cluster key is missing: pass --secret-file or set {SECRET_ENV} to the "
+            f"the cluster key is missing: pass {_SECRET_FILE} or set {SECRET_ENV} to the "
             "key of the cluster"
+            if offers_file
+            else f"the cluster key is missing: set {SECRET_ENV} to the key of the cluster "
+            f"(the contents of the JobManager's {_SECRET_FILE})"
         )
         raise ConfigurationError(SECRET_ENV, "", reason)
     return value.encode("utf-8")
