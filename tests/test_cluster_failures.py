@@ -11,6 +11,7 @@ import ctypes
 import itertools
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from penstock.config import Configuration
 from penstock.errors import (
     ClusterError,
     JobExecutionError,
+    PartitionReleasedError,
     ProducerFailedError,
     RemoteError,
     SerializationError,
@@ -55,6 +57,7 @@ from penstock.runtime.control import (
     ControlServer,
     Heartbeat,
     JobManagerHeartbeat,
+    JobMetricsUpdate,
     JobResult,
     RegisterTaskManager,
     RegistrationAccepted,
@@ -285,6 +288,34 @@ def test_a_late_report_does_not_move_a_cancelling_task_back(job_manager: JobMana
     for tdd in (tdds[0], tdds[1], tdds[3]):
         tm.report(tdd, ExecutionState.CANCELED)
     assert recorder.results.get(timeout=WAIT_S).error is not None
+
+
+def test_a_task_that_fails_only_because_of_the_cancel_ends_canceled(
+    job_manager: JobManager,
+) -> None:
+    tm = FakeTaskManager(job_manager, "tm", 2, 7013).register()
+    recorder = Recorder()
+    updates: queue.SimpleQueue[JobMetricsUpdate] = queue.SimpleQueue()
+    graph = two_by_two()
+    job_manager.submit(graph, recorder, updates.put)
+    tdds = tm.deployments(4)
+    for tdd in tdds:
+        tm.report(tdd, ExecutionState.RUNNING)
+    job_manager.cancel_job(graph.job_id)
+    for _ in range(4):
+        tm.next_of(CancelTask)
+    # A consumer, cancelled first, released the partition under its producer...
+    tm.report(tdds[0], ExecutionState.FAILED, PartitionReleasedError("released"))
+    # ...while another task failed on its own while being cancelled.
+    tm.report(tdds[1], ExecutionState.FAILED, ValueError("bad record"))
+    for tdd in tdds[2:]:
+        tm.report(tdd, ExecutionState.CANCELED)
+    assert recorder.results.get(timeout=WAIT_S).cancelled
+    final = updates.get(timeout=WAIT_S)
+    while not final.final:
+        final = updates.get(timeout=WAIT_S)
+    assert final.states[tdds[0].task_name] == "CANCELED"
+    assert final.states[tdds[1].task_name] == "FAILED"
 
 
 @pytest.mark.parametrize("failed", [False, True])

@@ -627,15 +627,26 @@ class JobManager:
             # Sent before the task heard of its cancel: it stays CANCELING until it
             # reports how it ended, as in Flink.
             return
-        execution.state = message.state
+        state = message.state
+        if (
+            execution.state is ExecutionState.CANCELING
+            and state is ExecutionState.FAILED
+            and _is_symptom(message.error)
+        ):
+            # It failed only because the cancel reached a peer first (its consumer,
+            # cancelled, released the partition it wrote): as in Flink, a task that
+            # fails while it is being cancelled ends CANCELED. A failure of its own
+            # stays FAILED, and may be the job's root cause.
+            state = ExecutionState.CANCELED
+        execution.state = state
         if message.metrics is not None:
             execution.metrics = message.metrics
             execution.sampled_at = time.monotonic()
-        log.debug("%s: %s is %s", self.name, execution.task_name, message.state.value)
-        if message.state is ExecutionState.FAILED:
+        log.debug("%s: %s is %s", self.name, execution.task_name, state.value)
+        if state is ExecutionState.FAILED:
             error = message.error or RemoteError("unknown", f"{execution.task_name} failed")
             self._fail(job, error)
-        elif message.state is ExecutionState.CANCELED and job.status is _JobStatus.RUNNING:
+        elif state is ExecutionState.CANCELED and job.status is _JobStatus.RUNNING:
             error = RemoteError(
                 "penstock.errors.TaskCancelledError",
                 f"{execution.task_name} was cancelled while the job was running",
