@@ -536,49 +536,47 @@ def test_task_managers_hear_from_the_job_manager_every_heartbeat_interval(
         assert isinstance(tm.next_of(JobManagerHeartbeat), JobManagerHeartbeat)
 
 
+@pytest.fixture
+def remote_client(job_manager: JobManager) -> Iterator[ControlConnection]:
+    """A client's connection to ``job_manager``, through a real control server."""
+    secret = new_secret()
+    with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
+        client = connect(server.address, secret)
+        yield client
+        client.close()
+
+
 @pytest.mark.parametrize(
     "job_manager", [{"config": {"heartbeat.interval": "50 ms"}}], indirect=True
 )
 def test_a_remote_client_hears_from_the_job_manager_every_heartbeat_interval(
-    job_manager: JobManager,
+    job_manager: JobManager, remote_client: ControlConnection
 ) -> None:
-    secret = new_secret()
-    with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
-        client = connect(server.address, secret)
-        try:
-            FakeTaskManager(job_manager, "tm", 2, 7012).register()
-            client.send(SubmitJob.of(two_by_two()))  # deployed, and then nothing happens
-            client.set_receive_timeout(WAIT_S)
-            for _ in range(3):
-                assert isinstance(client.recv(), JobManagerHeartbeat)
-        finally:
-            client.close()
+    FakeTaskManager(job_manager, "tm", 2, 7012).register()
+    remote_client.send(SubmitJob.of(two_by_two()))  # deployed, and then nothing happens
+    remote_client.set_receive_timeout(WAIT_S)
+    for _ in range(3):
+        assert isinstance(remote_client.recv(), JobManagerHeartbeat)
 
 
 def test_a_client_that_stops_reading_does_not_stop_the_job_manager(
-    job_manager: JobManager,
+    job_manager: JobManager, remote_client: ControlConnection
 ) -> None:
     """A client suspended (Ctrl-Z) while its records pile up in its socket."""
-    secret = new_secret()
-    with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
-        client = connect(server.address, secret)
-        try:
-            tm = FakeTaskManager(job_manager, "tm", 2, 7011).register()
-            graph = two_by_two()
-            client.send(SubmitJob.of(graph))
-            tdds = tm.deployments(4)
-            # The client reads nothing while 32 MiB are collected for it: more than
-            # the socket buffers between it and the JobManager hold.
-            records: SerializedValue[list[object]] = SerializedValue.of([b"x" * (1 << 20)])
-            for seq in range(32):
-                batch = CollectBatch(graph.job_id, tdds[0].execution_id, seq, records)
-                job_manager.on_message("tm", batch)
-            wait_until_handled(job_manager)  # its main thread still serves the rest
-            # The client, back, gets every batch in order.
-            received = [client.recv() for _ in range(32)]
-            assert [cast("CollectBatch", batch).seq for batch in received] == list(range(32))
-        finally:
-            client.close()
+    tm = FakeTaskManager(job_manager, "tm", 2, 7011).register()
+    graph = two_by_two()
+    remote_client.send(SubmitJob.of(graph))
+    tdds = tm.deployments(4)
+    # The client reads nothing while 32 MiB are collected for it: more than the socket
+    # buffers between it and the JobManager hold.
+    records: SerializedValue[list[object]] = SerializedValue.of([b"x" * (1 << 20)])
+    for seq in range(32):
+        batch = CollectBatch(graph.job_id, tdds[0].execution_id, seq, records)
+        job_manager.on_message("tm", batch)
+    wait_until_handled(job_manager)  # its main thread still serves the rest
+    # The client, back, gets every batch in order.
+    received = [remote_client.recv() for _ in range(32)]
+    assert [cast("CollectBatch", batch).seq for batch in received] == list(range(32))
 
 
 class _MuteJobManager:
