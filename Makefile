@@ -28,7 +28,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:timeout
+	$(BIN)/python -m pytest benchmarks --benchmark-only --timeout=0
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

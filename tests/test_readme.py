@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from penstock.api.environment import StreamExecutionEnvironment
 from penstock.config import EXECUTION_TARGET, OPTIONS, Configuration
 from penstock.task.metrics import METRIC_NAMES
 
-README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 FIRST_JOB_HEADING = "## A first job in ten lines\n"
 
@@ -168,3 +171,21 @@ def test_the_first_job_prints_the_same_on_the_default_minicluster(
     assert "execution.target" not in code  # so it runs on the default target
     _run(code, "README.md, first job")
     assert capsys.readouterr().out == shown
+
+
+def test_make_bench_passes_options_that_pytest_accepts() -> None:
+    """The benchmarks' own command line, as ``make bench`` gives it, collects them."""
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(r"^bench:.*\n\t\$\(BIN\)/python -m pytest (.+)$", makefile, re.MULTILINE)
+    assert match is not None
+    arguments = [*match.group(1).split(), "--collect-only", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "benchmarks/test_local_pipeline_bench.py" in done.stdout
