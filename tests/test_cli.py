@@ -734,6 +734,24 @@ def test_a_bad_dash_d_setting_with_a_job_file_is_one_line(
     assert "Traceback" not in err
 
 
+def test_contradicting_dash_d_settings_stop_a_job_file_before_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    job_file = write_job(
+        tmp_path / "fine.py",
+        f"open({str(marker)!r}, 'w').close()",
+        "env.from_sequence(1, 3).print()",
+        "env.execute()",
+    )
+    assert main(["run", str(job_file), "-D", "heartbeat.interval=60s"]) == 2
+    assert capsys.readouterr().err == (
+        "penstock run: error: Invalid configuration heartbeat.interval=60000: "
+        "heartbeat.interval (1 min) must not exceed heartbeat.timeout (50 s)\n"
+    )
+    assert not marker.exists()
+
+
 def test_a_remote_job_without_the_cluster_key_is_one_line_that_says_where_it_goes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

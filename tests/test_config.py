@@ -944,7 +944,9 @@ class TestHeartbeatTimeout:
             cfg.heartbeat_timeout_ms(config)
         assert info.value.key == "heartbeat.timeout"
         assert info.value.value == 800
-        assert "heartbeat.interval (10000 ms)" in info.value.reason
+        assert info.value.reason == (
+            "heartbeat.timeout (800 ms) must not be below heartbeat.interval (10 s)"
+        )
 
     def test_a_job_manager_refuses_it(self) -> None:
         from penstock.runtime.jobmanager import JobManager
@@ -1022,6 +1024,44 @@ class TestShuffleOptions:
             ShuffleOptions.from_configuration(config)
         assert info.value.key == "taskmanager.network.request-backoff.initial"
         assert "taskmanager.network.request-backoff.max" in info.value.reason
+
+    @pytest.mark.parametrize(
+        ("settings", "blamed", "reason"),
+        [
+            (
+                {"heartbeat.interval": "1 min"},
+                "heartbeat.interval",
+                "heartbeat.interval (1 min) must not exceed heartbeat.timeout (50 s)",
+            ),
+            (
+                {"heartbeat.interval": "1 min", "heartbeat.timeout": "30 s"},
+                "heartbeat.interval",
+                "heartbeat.interval (1 min) must not exceed heartbeat.timeout (30 s)",
+            ),
+            (
+                {"taskmanager.network.request-backoff.max": "50 ms"},
+                "taskmanager.network.request-backoff.max",
+                "taskmanager.network.request-backoff.max (50 ms) must not be below "
+                "taskmanager.network.request-backoff.initial (100 ms)",
+            ),
+            (
+                {"taskmanager.memory.network.max": "32 mb"},
+                "taskmanager.memory.network.max",
+                "taskmanager.memory.network.max (32 mb) must not be below "
+                "taskmanager.memory.network.min (64 mb)",
+            ),
+        ],
+    )
+    def test_a_conflict_names_the_key_that_was_set(
+        self, settings: dict[str, object], blamed: str, reason: str
+    ) -> None:
+        """Not the other key of the pair, at a default its user never chose."""
+        config = Configuration(settings)
+        with pytest.raises(ConfigurationError) as info:
+            ShuffleOptions.from_configuration(config)
+            cfg.heartbeat_timeout_ms(config)
+        assert info.value.key == blamed
+        assert info.value.reason == reason
 
     def test_network_min_above_max_fails(self) -> None:
         config = Configuration({"taskmanager.memory.network.min": "2 gb"})

@@ -84,14 +84,16 @@ def add_run_parser(subparsers: SubParsers) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Runs ``penstock run`` as ``args`` asks; returns the exit status."""
-    from penstock.config import Configuration, ShuffleOptions
+    from penstock.config import Configuration, ShuffleOptions, heartbeat_timeout_ms
     from penstock.errors import ConfigurationError
     from penstock.examples import EXAMPLES, load_example
 
-    # Everything that can be wrong with the command is found before a process starts.
+    # Everything that can be wrong with the command is found before a process starts,
+    # or a job file runs.
     try:
         config = Configuration.load(dynamic=args.dynamic)  # the environment, then -D
         ShuffleOptions.from_configuration(config)
+        heartbeat_timeout_ms(config)
     except ConfigurationError as exc:
         return usage_error("run", str(exc))
     example: ModuleType | None = None

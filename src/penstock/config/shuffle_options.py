@@ -9,6 +9,7 @@ NettyShuffleEnvironment), with the number of network buffers derived by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from penstock.config.configuration import Configuration
@@ -38,10 +39,12 @@ from penstock.config.options import (
     SEGMENT_SIZE,
     SSL_INTERNAL_ENABLED,
     TASKMANAGER_HOST,
+    ConfigOption,
 )
 from penstock.config.parsers import (
     _MIN_DEFAULT_MAX_PARALLELISM,
     _UPPER_BOUND_MAX_PARALLELISM,
+    format_duration,
     format_size,
 )
 from penstock.errors import ConfigurationError
@@ -95,15 +98,32 @@ def heartbeat_timeout_ms(config: Configuration) -> int:
         ConfigurationError: The timeout is shorter than the interval: every peer would
             count as lost between two of its heartbeats.
     """
-    timeout = config.get(HEARTBEAT_TIMEOUT)
-    interval = config.get(HEARTBEAT_INTERVAL)
-    if timeout < interval:
-        reason = (
-            f"the heartbeat timeout ({timeout} ms) must be greater than or equal to "
-            f"{HEARTBEAT_INTERVAL.key} ({interval} ms)"
-        )
-        raise ConfigurationError(HEARTBEAT_TIMEOUT.key, timeout, reason)
-    return timeout
+    _check_order(config, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, format_duration)
+    return config.get(HEARTBEAT_TIMEOUT)
+
+
+def _check_order(
+    config: Configuration,
+    low: ConfigOption[int],
+    high: ConfigOption[int],
+    show: Callable[[int], str],
+) -> None:
+    """Refuses a value of ``low`` above that of ``high``, naming the key that was set.
+
+    The error names ``high`` when only it was set (``-D heartbeat.interval=1min``
+    against the default timeout is a mistake in the interval), else ``low``.
+
+    Raises:
+        ConfigurationError: ``low`` exceeds ``high``.
+    """
+    low_value, high_value = config.get(low), config.get(high)
+    if low_value <= high_value:
+        return
+    if high in config and low not in config:
+        reason = f"{high.key} ({show(high_value)}) must not be below {low.key} ({show(low_value)})"
+        raise ConfigurationError(high.key, high_value, reason)
+    reason = f"{low.key} ({show(low_value)}) must not exceed {high.key} ({show(high_value)})"
+    raise ConfigurationError(low.key, low_value, reason)
 
 
 def network_memory_bytes(config: Configuration) -> int:
@@ -112,14 +132,9 @@ def network_memory_bytes(config: Configuration) -> int:
     Raises:
         ConfigurationError: ``taskmanager.memory.network.min`` exceeds ``.max``.
     """
+    _check_order(config, NETWORK_MEMORY_MIN, NETWORK_MEMORY_MAX, format_size)
     low = config.get(NETWORK_MEMORY_MIN)
     high = config.get(NETWORK_MEMORY_MAX)
-    if low > high:
-        reason = (
-            f"{NETWORK_MEMORY_MIN.key} ({format_size(low)}) must not exceed "
-            f"{NETWORK_MEMORY_MAX.key} ({format_size(high)})"
-        )
-        raise ConfigurationError(NETWORK_MEMORY_MIN.key, low, reason)
     derived = int(config.get(FLINK_MEMORY_SIZE) * config.get(NETWORK_MEMORY_FRACTION))
     return min(max(derived, low), high)
 
@@ -194,6 +209,7 @@ class ShuffleOptions:
             ConfigurationError: Network memory min exceeds max, or the initial request
                 backoff exceeds the maximum.
         """
+        _check_order(config, REQUEST_BACKOFF_INITIAL, REQUEST_BACKOFF_MAX, format_duration)
         segment_size = config.get(SEGMENT_SIZE)
         return cls(
             segment_size=segment_size,
