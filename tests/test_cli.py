@@ -405,6 +405,37 @@ def test_ctrl_c_cancels_the_job_and_leaves_no_process() -> None:
         assert not is_alive(pid)
 
 
+@pytest.mark.cluster
+def test_a_closed_standard_output_ends_the_run_quietly(tmp_path: Path) -> None:
+    """``penstock run job.py | head -3``: status 141, as for SIGPIPE, no traceback."""
+    job_file = write_job(tmp_path / "printer.py", "env.from_sequence(1, 10**9).print()")
+    job_file.write_text(job_file.read_text() + "env.execute()\n")
+    command = [sys.executable, "-m", "penstock", "run", str(job_file)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        while line and line.strip() != "1":
+            line = process.stdout.readline()
+        assert line.strip() == "1", "the job never printed its first record"
+        task_managers = child_pids_of(process.pid)
+        process.stdout.close()  # as head does once it has its lines
+        err = process.stderr.read()
+        process.wait(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    assert process.returncode == 141, err
+    assert "Traceback" not in err
+    for pid in task_managers:
+        assert not is_alive(pid)
+
+
 def child_pids_of(parent: int) -> set[int]:
     """Pids of the live children of ``parent``, from /proc."""
     children = set()

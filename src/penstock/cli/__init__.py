@@ -21,7 +21,10 @@ to stderr, each line naming the process, its pid and the thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -102,12 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OUTPUT_CLOSED: Final = 141
+"""Exit status when standard output was closed, as a shell reports SIGPIPE (128 + 13)."""
+
+
+def _discard_stdout() -> None:
+    """Sends what is still written to standard output, at exit too, to /dev/null.
+
+    Otherwise the interpreter's last flush of the closed pipe prints an error.
+    """
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``penstock`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns:
         The exit status: 0 on success, 1 when the job failed (``run``), 2 for bad
-        usage or configuration, 130 after Ctrl-C.
+        usage or configuration, 130 after Ctrl-C, 141 when the reader of the standard
+        output went away (``penstock run | head``), as shells report SIGPIPE.
     """
     parser = build_parser()
     try:
@@ -126,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"penstock {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # As a Unix tool: stop quietly (a job that ran was cancelled on the way here).
+        _discard_stdout()
+        return EXIT_OUTPUT_CLOSED
     finally:
         # Leave logging as it was, so that main() can be called again in one process.
         root.removeHandler(log_handler)

@@ -159,6 +159,8 @@ def _run(config: Configuration, example: ModuleType | None, job_file: Path | Non
             view.close()
             print("penstock run: interrupted; the job was cancelled", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            raise  # our standard output was closed (| head), not the job file's doing
         except Exception as exc:
             if job_file is None:
                 raise  # a bundled example's bug is penstock's: the whole traceback
