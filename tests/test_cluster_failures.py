@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from penstock.errors import (
     SerializationError,
 )
 from penstock.ids import JobID
+from penstock.runtime import jobmanager as jobmanager_module
 from penstock.runtime.client import InProcessSession, execute
 from penstock.runtime.control import (
     SECRET_ENV,
@@ -427,6 +429,9 @@ class _ClientConnection:
     def send_payload(self, payload: bytes) -> None:
         self.sent.append(pickle.loads(payload))
 
+    def sent_but_heartbeats(self) -> list[ControlMessage]:
+        return [message for message in self.sent if not isinstance(message, JobManagerHeartbeat)]
+
     def close(self) -> None:
         self.closed = True
 
@@ -480,7 +485,7 @@ def test_a_job_the_job_manager_cannot_load_fails_with_the_reason(
     client = _ClientConnection(submission)
     job_manager.serve_connection(cast("ControlConnection", client))
     assert client.closed
-    [result] = client.sent
+    [result] = client.sent_but_heartbeats()
     assert isinstance(result, JobResult)
     assert result.job_id == submission.job_id
     assert isinstance(result.error, ClusterError)
@@ -494,7 +499,7 @@ def test_a_submission_that_holds_no_such_job_is_refused(job_manager: JobManager)
     submission = SubmitJob(JobID.generate(), "forty-two", SerializedValue(pickle.dumps(42)))
     client = _ClientConnection(submission)
     job_manager.serve_connection(cast("ControlConnection", client))
-    [result] = client.sent
+    [result] = client.sent_but_heartbeats()
     assert isinstance(result, JobResult)
     assert isinstance(result.error, ClusterError)
     assert "the submission of job 'forty-two' does not hold that job" in str(result.error)
@@ -525,38 +530,86 @@ def test_shutdown_tells_task_managers_to_exit() -> None:
 # -- peers that stop: a client that reads nothing, a JobManager that says nothing ----------
 
 
-@pytest.mark.parametrize(
-    "job_manager", [{"config": {"heartbeat.interval": "50 ms"}}], indirect=True
-)
-def test_task_managers_hear_from_the_job_manager_every_heartbeat_interval(
-    job_manager: JobManager,
-) -> None:
-    tm = FakeTaskManager(job_manager, "tm", 1, 7010).register()
-    for _ in range(3):
-        assert isinstance(tm.next_of(JobManagerHeartbeat), JobManagerHeartbeat)
-
-
 @pytest.fixture
 def remote_client(job_manager: JobManager) -> Iterator[ControlConnection]:
-    """A client's connection to ``job_manager``, through a real control server."""
+    """A connection to ``job_manager`` through a real control server, as a client's or a
+    TaskManager's (whichever its first message says)."""
     secret = new_secret()
     with ControlServer("127.0.0.1", 0, secret, job_manager.serve_connection, "test") as server:
         client = connect(server.address, secret)
+        client.set_receive_timeout(WAIT_S)
         yield client
         client.close()
 
 
-@pytest.mark.parametrize(
-    "job_manager", [{"config": {"heartbeat.interval": "50 ms"}}], indirect=True
-)
-def test_a_remote_client_hears_from_the_job_manager_every_heartbeat_interval(
+def next_not_heartbeat(connection: ControlConnection) -> ControlMessage:
+    while isinstance(message := connection.recv(), JobManagerHeartbeat):
+        pass
+    return message
+
+
+FAST_BEATS: Final = {"config": {"heartbeat.interval": "50 ms"}}
+
+
+@pytest.mark.parametrize("job_manager", [FAST_BEATS], indirect=True)
+def test_a_task_manager_hears_the_heartbeat_interval_first_and_then_heartbeats(
     job_manager: JobManager, remote_client: ControlConnection
 ) -> None:
-    FakeTaskManager(job_manager, "tm", 2, 7012).register()
-    remote_client.send(SubmitJob.of(two_by_two()))  # deployed, and then nothing happens
-    remote_client.set_receive_timeout(WAIT_S)
+    remote_client.send(RegisterTaskManager("tm", ("127.0.0.1", 7010), 1, os.getpid()))
+    assert remote_client.recv() == JobManagerHeartbeat(interval_ms=50)
+    assert remote_client.recv() == RegistrationAccepted("tm")
+    for _ in range(3):  # nothing else to say
+        assert remote_client.recv() == JobManagerHeartbeat(interval_ms=50)
+
+
+@pytest.mark.parametrize("job_manager", [FAST_BEATS], indirect=True)
+def test_a_remote_client_hears_from_the_job_manager_while_its_job_loads_and_runs(
+    job_manager: JobManager, remote_client: ControlConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = jobmanager_module._load_job
+    loaded = threading.Event()
+
+    def slow_load(submission: SubmitJob) -> JobGraph:
+        time.sleep(0.5)  # a job whose modules take long to import
+        loaded.set()
+        return load(submission)
+
+    monkeypatch.setattr(jobmanager_module, "_load_job", slow_load)
+    tm = FakeTaskManager(job_manager, "tm", 2, 7012).register()
+    remote_client.send(SubmitJob.of(two_by_two()))
+    remote_client.set_receive_timeout(0.3)  # shorter than the load
+    beats = 0
+    while not loaded.is_set():
+        assert remote_client.recv() == JobManagerHeartbeat(interval_ms=50)
+        beats += 1
+    assert beats >= 2
+    tm.deployments(4)  # and then nothing happens
     for _ in range(3):
-        assert isinstance(remote_client.recv(), JobManagerHeartbeat)
+        assert remote_client.recv() == JobManagerHeartbeat(interval_ms=50)
+
+
+def test_a_job_manager_that_shuts_down_tells_a_remote_client_how_its_job_ended(
+    job_manager: JobManager, remote_client: ControlConnection
+) -> None:
+    graph = two_by_two()
+    remote_client.send(SubmitJob.of(graph))  # no TaskManager: it waits for slots
+    deadline = time.monotonic() + WAIT_S
+    while graph.job_id not in job_manager._job_status and time.monotonic() < deadline:
+        time.sleep(0.01)  # the client's thread loads the job and submits it
+    job_manager.shutdown("the JobManager was stopped")
+    result = next_not_heartbeat(remote_client)
+    assert isinstance(result, JobResult)
+    assert str(result.error) == "job 'fake' aborted: the JobManager was stopped"
+    with pytest.raises(EOFError):  # written before the connection closed
+        remote_client.recv()
+
+
+def test_a_job_submitted_to_a_job_manager_that_shuts_down_is_refused(
+    job_manager: JobManager,
+) -> None:
+    job_manager.shutdown("the JobManager was stopped")
+    with pytest.raises(ClusterError, match="job 'fake' refused: the JobManager was stopped"):
+        job_manager.submit(two_by_two(), Recorder())
 
 
 def test_a_client_that_stops_reading_does_not_stop_the_job_manager(
@@ -575,20 +628,26 @@ def test_a_client_that_stops_reading_does_not_stop_the_job_manager(
         job_manager.on_message("tm", batch)
     wait_until_handled(job_manager)  # its main thread still serves the rest
     # The client, back, gets every batch in order.
-    received = [remote_client.recv() for _ in range(32)]
+    received = [next_not_heartbeat(remote_client) for _ in range(32)]
     assert [cast("CollectBatch", batch).seq for batch in received] == list(range(32))
 
 
 class _MuteJobManager:
-    """Accepts connections, takes what comes (accepting registrations), says nothing else."""
+    """Accepts connections, takes what comes (accepting registrations), says nothing else.
 
-    def __init__(self) -> None:
+    With ``interval_ms``, it first announces heartbeats at that interval, and sends none.
+    """
+
+    def __init__(self, interval_ms: int | None = None) -> None:
         self.secret = new_secret()
+        self.interval_ms = interval_ms
         self.connections: list[ControlConnection] = []
         self.server = ControlServer("127.0.0.1", 0, self.secret, self._serve, "mute")
 
     def _serve(self, connection: ControlConnection) -> None:
         self.connections.append(connection)
+        if self.interval_ms is not None:
+            connection.send(JobManagerHeartbeat(self.interval_ms))
         with contextlib.suppress(EOFError, ClusterError):
             while True:
                 message = connection.recv()
@@ -602,8 +661,8 @@ class _MuteJobManager:
 
 
 @pytest.fixture
-def mute_job_manager() -> Iterator[_MuteJobManager]:
-    mute = _MuteJobManager()
+def mute_job_manager(request: pytest.FixtureRequest) -> Iterator[_MuteJobManager]:
+    mute = _MuteJobManager(getattr(request, "param", None))
     yield mute
     mute.close()
 
@@ -622,6 +681,26 @@ def test_a_task_manager_leaves_a_job_manager_it_hears_nothing_from(
     assert f"lost the JobManager: heard nothing from {peer} for 300 ms (heartbeat.timeout)" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize("mute_job_manager", [400], indirect=True)
+def test_a_task_manager_waits_twice_the_job_managers_interval_if_that_is_longer(
+    mute_job_manager: _MuteJobManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its own heartbeat.timeout (300 ms) would lose a JobManager beating every 400 ms."""
+    status = run_task_manager(
+        mute_job_manager.server.address, mute_job_manager.secret, Configuration(SILENCE), 1
+    )
+    assert status == 1
+    peer = "{}:{}".format(*mute_job_manager.server.address)
+    assert (
+        f"the JobManager at {peer} sends heartbeats every 400 ms, so it counts as lost "
+        "after 800 ms of silence here, not after heartbeat.timeout (300 ms)"
+    ) in caplog.text
+    assert (
+        f"lost the JobManager: heard nothing from {peer} for 800 ms (twice the "
+        "JobManager's heartbeat.interval)"
+    ) in caplog.text
 
 
 def test_a_remote_client_fails_its_job_when_it_hears_nothing_from_the_job_manager(

@@ -31,6 +31,7 @@ from penstock.runtime.control import (
     Shutdown,
     TaskStateChanged,
     connect,
+    expect_heartbeats,
     load_secret,
     name_unpicklable,
     new_secret,
@@ -306,17 +307,51 @@ def test_close_without_drain_time_drops_what_waits(
     assert Shutdown("never written") not in received
 
 
+def test_a_keepalive_goes_first_and_into_every_silence(
+    unread: tuple[ControlConnection, ControlConnection],
+) -> None:
+    ours, theirs = unread
+    heartbeat = JobManagerHeartbeat(50)
+    outbox = Outbox(ours, keepalive=heartbeat, keepalive_s=0.05)
+    theirs.set_receive_timeout(WAIT_S)
+    assert theirs.recv() == heartbeat
+    outbox.send(Shutdown("between two silences"))
+    received = [theirs.recv() for _ in range(4)]
+    assert received.count(Shutdown("between two silences")) == 1
+    assert received.count(heartbeat) == 3
+    outbox.close()
+
+
+def test_a_peer_waits_twice_the_job_managers_interval_when_its_own_timeout_is_shorter(
+    echo: Echo, secret: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = connect(echo.server.address, secret)
+    try:
+        connection.set_receive_timeout(0.3, "heartbeat.timeout")
+        expect_heartbeats(connection, JobManagerHeartbeat(100), 0.3)  # 2 x 100 ms: enough
+        assert connection.receive_timeout_s == 0.3
+        expect_heartbeats(connection, JobManagerHeartbeat(1000), 0.3)
+        assert connection.receive_timeout_s == 2.0
+        expect_heartbeats(connection, JobManagerHeartbeat(1000), 0.3)  # said once
+        assert caplog.text.count("sends heartbeats every 1000 ms") == 1
+        expect_heartbeats(connection, JobManagerHeartbeat(1000), 0.0)  # no timeout here
+        assert connection.receive_timeout_s == 2.0
+    finally:
+        connection.close()
+
+
 def test_a_failed_write_closes_the_connection_and_fails_later_sends(
     unread: tuple[ControlConnection, ControlConnection],
 ) -> None:
     ours, theirs = unread
     outbox = Outbox(ours)
     theirs.close()
-    with pytest.raises(ClusterError, match="lost the control connection"):
+    with pytest.raises(ClusterError, match="is broken") as info:
         # The first writes may still land in the socket's buffer; one fails in the end.
         for _ in range(1000):
-            outbox.send(JobManagerHeartbeat())
+            outbox.send(JobManagerHeartbeat(1000))
             threading.Event().wait(0.01)
+    assert "lost the control connection" in str(info.value.__cause__)
     with pytest.raises(EOFError):
         ours.recv()  # a reader of the connection hears of it
 

@@ -398,13 +398,16 @@ HEARTBEAT_INTERVAL: Final = ConfigOption(
     key="heartbeat.interval",
     default=10_000,
     parser=duration_parser(min_ms=1),
-    description="Time between heartbeats of the JobManager and its TaskManagers.",
+    description=("Time between heartbeats of the JobManager and its TaskManagers and clients."),
 )
 HEARTBEAT_TIMEOUT: Final = ConfigOption(
     key="heartbeat.timeout",
     default=50_000,
     parser=duration_parser(min_ms=1),
-    description="Silence after which a peer counts as lost.",
+    description=(
+        "Silence after which a peer counts as lost: a TaskManager to the JobManager, "
+        "the JobManager to a TaskManager or a client."
+    ),
 )
 
 _ALL_OPTIONS: Final[tuple[ConfigOption[object], ...]] = (

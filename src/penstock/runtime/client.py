@@ -62,10 +62,12 @@ from penstock.runtime.control import (
     CollectBatch,
     ControlConnection,
     ControlMessage,
+    JobManagerHeartbeat,
     JobMetricsUpdate,
     JobResult,
     SubmitJob,
     connect,
+    expect_heartbeats,
     load_secret,
     name_unpicklable,
 )
@@ -383,11 +385,15 @@ def _start_reader(
     connection: ControlConnection,
     events: queue.SimpleQueue[JobEvent | BaseException],
 ) -> object:
+    silence_s = connection.receive_timeout_s
+
     def read() -> None:
         try:
             while True:
                 message: ControlMessage = connection.recv()
-                if isinstance(message, CollectBatch | JobMetricsUpdate | JobResult):
+                if isinstance(message, JobManagerHeartbeat):
+                    expect_heartbeats(connection, message, silence_s)
+                elif isinstance(message, CollectBatch | JobMetricsUpdate | JobResult):
                     events.put(message)
                     if isinstance(message, JobResult):
                         return

@@ -72,6 +72,7 @@ __all__ = [
     "TaskStateChanged",
     "connect",
     "encode",
+    "expect_heartbeats",
     "load_secret",
     "name_unpicklable",
     "new_secret",
@@ -210,12 +211,17 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class JobManagerHeartbeat:
-    """JobManager → TaskManager or client: alive; sent every ``heartbeat.interval``.
+    """JobManager → TaskManager or client: alive, and how often it says so.
 
-    A peer that hears nothing from its JobManager (this or any other message) for its
-    ``heartbeat.timeout`` counts the JobManager as lost, as the JobManager counts a
-    silent TaskManager.
+    The first message on each connection, then sent whenever the JobManager has sent
+    nothing else for ``interval_ms`` (its ``heartbeat.interval``). A peer that hears
+    nothing from its JobManager (this or any other message) for its own
+    ``heartbeat.timeout``, or for twice ``interval_ms`` if that is longer, counts the
+    JobManager as lost, as the JobManager counts a silent TaskManager
+    (``expect_heartbeats``).
     """
+
+    interval_ms: int
 
 
 T = TypeVar("T")
@@ -467,6 +473,8 @@ class ControlConnection:
         self._send_lock = threading.Lock()
         self._closed = False
         self._receive_timeout = "0 ms"
+        self.receive_timeout_s = 0.0
+        """The bound of each wait in ``recv`` (0: none)."""
 
     def send(self, message: ControlMessage) -> None:
         """Sends one message.
@@ -499,6 +507,7 @@ class ControlConnection:
         """
         with contextlib.suppress(OSError, ValueError):
             _set_receive_timeout(self._connection, seconds)
+        self.receive_timeout_s = seconds
         waited = f"{round(seconds * 1000)} ms"
         self._receive_timeout = f"{waited} ({setting})" if setting else waited
 
@@ -553,6 +562,35 @@ def encode(message: ControlMessage) -> bytes:
     return payload
 
 
+def expect_heartbeats(
+    connection: ControlConnection, heartbeat: JobManagerHeartbeat, timeout_s: float
+) -> None:
+    """Waits on ``connection`` for ``timeout_s``, or twice the JobManager's interval.
+
+    Each process reads ``heartbeat.timeout`` from its own configuration, and the
+    JobManager's ``heartbeat.interval`` from its own: a JobManager that beats every
+    minute would be lost after 50 s by a TaskManager left at the defaults. So a peer
+    waits at least two of the JobManager's intervals, and says so once.
+
+    Args:
+        connection: The connection to the JobManager (read by the calling thread).
+        heartbeat: A heartbeat it sent.
+        timeout_s: This process's ``heartbeat.timeout``.
+    """
+    needed_s = 2 * heartbeat.interval_ms / 1000
+    if timeout_s <= 0 or needed_s <= max(timeout_s, connection.receive_timeout_s):
+        return  # waits for ever, or long enough
+    log.warning(
+        "the JobManager at %s sends heartbeats every %d ms, so it counts as lost after "
+        "%d ms of silence here, not after heartbeat.timeout (%d ms)",
+        connection.peer,
+        heartbeat.interval_ms,
+        round(needed_s * 1000),
+        round(timeout_s * 1000),
+    )
+    connection.set_receive_timeout(needed_s, "twice the JobManager's heartbeat.interval")
+
+
 class Outbox:
     """Sends one connection's messages from a thread of its own, so no sender waits.
 
@@ -566,8 +604,12 @@ class Outbox:
     What waits here is bounded by the protocol, not by a limit of its own: collected
     batches by the collect window, acknowledgements by the batches, and a message sent
     with a ``supersede`` key replaces the one with that key still waiting (a newer
-    metrics update makes an unsent one worthless). A TaskManager that stops reading
-    stops sending heartbeats too, and is lost and closed within ``heartbeat.timeout``.
+    metrics update makes an unsent one worthless).
+
+    With a ``keepalive`` message, the outbox writes it first and then whenever it has
+    written nothing else for ``keepalive_s``: the peer hears from this process at least
+    that often, whatever its main thread is doing (loading a job, pickling
+    deployments), and learns the interval before its own timeout can run out.
 
     A write that fails closes the connection, which wakes its reader (that is how the
     JobManager hears of the loss) and makes every later ``send`` raise.
@@ -575,13 +617,25 @@ class Outbox:
     Args:
         connection: The connection to write to; this outbox closes it.
         name: Names the thread.
+        keepalive: Written first and after each ``keepalive_s`` of silence.
+        keepalive_s: The longest silence (with ``keepalive``).
     """
 
-    def __init__(self, connection: ControlConnection, name: str = "control") -> None:
+    def __init__(
+        self,
+        connection: ControlConnection,
+        name: str = "control",
+        keepalive: ControlMessage | None = None,
+        keepalive_s: float = 0.0,
+    ) -> None:
         self.peer = connection.peer
         self._connection = connection
         self._condition = threading.Condition()
         self._waiting: deque[tuple[object, bytes]] = deque()
+        if keepalive is not None:
+            self._waiting.append((None, encode(keepalive)))
+        self._keepalive = None if keepalive is None else encode(keepalive)
+        self._keepalive_s = keepalive_s if keepalive is not None else None
         self._writing = False
         self._closing = False
         self._error: ClusterError | None = None
@@ -605,7 +659,8 @@ class Outbox:
         payload = encode(message)
         with self._condition:
             if self._error is not None:
-                raise self._error
+                msg = f"the control connection to {self.peer} is broken"
+                raise ClusterError(msg) from self._error
             if self._closing:
                 msg = f"the control connection to {self.peer} is closed"
                 raise ClusterError(msg)
@@ -636,14 +691,22 @@ class Outbox:
         with self._condition:
             return len(self._waiting) + self._writing
 
+    def _next_payload(self) -> bytes | None:
+        """The next message to write, the keep-alive after a silence, None once closed."""
+        with self._condition:
+            if not self._condition.wait_for(
+                lambda: bool(self._waiting) or self._closing, self._keepalive_s
+            ):
+                payload = self._keepalive  # silent for keepalive_s
+            elif self._waiting:
+                payload = self._waiting.popleft()[1]
+            else:
+                return None  # closed, and nothing left to write
+            self._writing = True
+            return payload
+
     def _write_loop(self) -> None:
-        while True:
-            with self._condition:
-                self._condition.wait_for(lambda: bool(self._waiting) or self._closing)
-                if not self._waiting:
-                    return  # closed, and nothing left to write
-                _, payload = self._waiting.popleft()
-                self._writing = True
+        while (payload := self._next_payload()) is not None:
             try:
                 self._connection.send_payload(payload)
             except ClusterError as exc:

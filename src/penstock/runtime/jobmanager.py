@@ -30,8 +30,9 @@ and a final one with every task's final metrics just before the job's result.
 On the first FAILED task, or when a TaskManager is lost (its control connection
 closes, or its heartbeat is older than ``heartbeat.timeout``), the job cancels every
 other task, waits (bounded) until all are terminal, and ends with that first failure.
-Heartbeats also go the other way: every ``heartbeat.interval`` each TaskManager and
-remote client gets a ``JobManagerHeartbeat``, so that they notice a JobManager that
+Heartbeats also go the other way: a TaskManager or remote client that has heard
+nothing else from the JobManager for ``heartbeat.interval`` gets a
+``JobManagerHeartbeat`` (its outbox sends it), so that it notices a JobManager that
 stopped or was cut off.
 """
 
@@ -291,8 +292,7 @@ class JobManager:
         self.config = Configuration(config)
         self.name = name
         self._heartbeat_timeout_s = heartbeat_timeout_ms(self.config) / 1000
-        self._heartbeat_interval_s = self.config.get(HEARTBEAT_INTERVAL) / 1000
-        self._next_heartbeat = 0.0
+        self._heartbeat_interval_ms = self.config.get(HEARTBEAT_INTERVAL)
         self._slot_request_timeout_s = slot_request_timeout_s
         self._cancel_timeout_s = cancel_timeout_s
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -303,6 +303,7 @@ class JobManager:
         self._changed = threading.Condition()
         self._tm_count = 0
         self._lost_pids: set[int] = set()
+        self._stopping: str | None = None  # why, once shutdown has begun
         self._job_status: dict[JobID, _JobStatus] = {}
         self._running_tasks: dict[JobID, int] = {}
         self._thread = threading.Thread(target=self._main_loop, name=f"{name}-main", daemon=True)
@@ -322,20 +323,27 @@ class JobManager:
         done = threading.Event()
 
         def stop() -> None:
+            # Last words: every client hears how its job ended, every TaskManager that
+            # it is to exit, written within one deadline before the connections close.
+            last_words: list[TaskManagerGateway | _ConnectionListener] = []
             for job in list(self._jobs.values()):
+                if isinstance(job.listener, _ConnectionListener):
+                    last_words.append(job.listener)
                 error = ClusterError(f"job {job.graph.name!r} aborted: {reason}")
                 self._complete(job, error, cancelled=False)
-            task_managers = list(self._task_managers.values())
-            self._task_managers.clear()
-            for tm in task_managers:
+            for tm in self._task_managers.values():
                 with contextlib.suppress(ClusterError):
                     tm.gateway.send(Shutdown(reason))
+                last_words.append(tm.gateway)
+            self._task_managers.clear()
             deadline = time.monotonic() + _LAST_WORDS_S
-            for tm in task_managers:
-                tm.gateway.close(drain_s=max(0.0, deadline - time.monotonic()))
+            for peer in last_words:
+                peer.close(drain_s=max(0.0, deadline - time.monotonic()))
             done.set()
 
-        self._run_in_main(stop)
+        with self._changed:
+            self._stopping = reason
+            self._run_in_main(stop)
         done.wait(timeout=self._cancel_timeout_s)
         self._stopped.set()
         self._inbox.put(None)
@@ -352,12 +360,7 @@ class JobManager:
                 action = None
             # Each step on its own: an error in one is logged, and the thread, which
             # every job and client depends on, goes on.
-            for step in (
-                action,
-                self._check_deadlines,
-                self._send_heartbeats,
-                self._send_metric_updates,
-            ):
+            for step in (action, self._check_deadlines, self._send_metric_updates):
                 if step is None:
                     continue
                 try:
@@ -370,8 +373,6 @@ class JobManager:
         wakeup = _IDLE_WAKEUP_S
         if self._task_managers:
             wakeup = min(wakeup, self._heartbeat_timeout_s / 4)
-        if self._task_managers or self._jobs:
-            wakeup = min(wakeup, self._next_heartbeat - now)
         for job in self._jobs.values():
             if job.status is _JobStatus.WAITING:
                 wakeup = min(wakeup, job.slot_deadline - now)
@@ -481,26 +482,6 @@ class JobManager:
             job.slots.pop(tm_id, None)
             self._fail(job, error)
 
-    def _send_heartbeats(self) -> None:
-        """Tells TaskManagers and remote clients that this JobManager is alive.
-
-        Sent every ``heartbeat.interval``, so that they notice when it is not (after
-        their ``heartbeat.timeout``).
-        """
-        now = time.monotonic()
-        if now < self._next_heartbeat:
-            return
-        self._next_heartbeat = now + self._heartbeat_interval_s
-        heartbeat = JobManagerHeartbeat()
-        for tm_id, tm in list(self._task_managers.items()):
-            try:
-                tm.gateway.send(heartbeat)
-            except ClusterError as exc:
-                self._lose_task_manager(tm_id, str(exc))
-        for job in self._jobs.values():
-            if isinstance(job.listener, _ConnectionListener):
-                job.listener.on_heartbeat(heartbeat)
-
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         for tm_id, tm in list(self._task_managers.items()):
@@ -542,16 +523,25 @@ class JobManager:
             on_metrics: Gets a ``JobMetricsUpdate`` about once a second while the job
                 runs and a final one before the result; called from the main thread,
                 it must not block.
+
+        Raises:
+            ClusterError: The JobManager is shutting down.
+            IllegalStateError: The job was submitted before.
         """
         now = time.monotonic()
         entry = _Job(job, listener, now, now + self._slot_request_timeout_s)
         entry.on_metrics = on_metrics
         with self._changed:
+            # Under the lock that shutdown takes to queue its last step: a job either
+            # comes before that step, which ends it, or is refused here.
+            if self._stopping is not None:
+                msg = f"job {job.name!r} refused: {self._stopping}"
+                raise ClusterError(msg)
             if job.job_id in self._job_status:
                 msg = f"job {job.job_id} was submitted already"
                 raise IllegalStateError(msg)
             self._job_status[job.job_id] = _JobStatus.WAITING
-        self._run_in_main(lambda: self._submit(entry))
+            self._run_in_main(lambda: self._submit(entry))
 
     def cancel_job(self, job_id: JobID) -> None:
         """Cancels a job (from any thread); its listener gets a cancelled result."""
@@ -835,11 +825,16 @@ class JobManager:
             )
             connection.close()
 
+    def _outbox(self, connection: ControlConnection) -> Outbox:
+        """Writes to ``connection`` for the main thread, with heartbeats in the silences."""
+        heartbeat = JobManagerHeartbeat(self._heartbeat_interval_ms)
+        return Outbox(connection, self.name, heartbeat, self._heartbeat_interval_ms / 1000)
+
     def _serve_task_manager(
         self, registration: RegisterTaskManager, connection: ControlConnection
     ) -> None:
         tm_id = registration.tm_id
-        self.add_task_manager(registration, Outbox(connection, self.name))
+        self.add_task_manager(registration, self._outbox(connection))
         reason = "the control connection was closed"
         try:
             while True:
@@ -851,7 +846,7 @@ class JobManager:
         self.task_manager_lost(tm_id, reason)
 
     def _serve_client(self, submission: SubmitJob, connection: ControlConnection) -> None:
-        outbox = Outbox(connection, self.name)
+        outbox = self._outbox(connection)
         listener = _ConnectionListener(outbox)
         try:
             job = _load_job(submission)
@@ -937,15 +932,12 @@ class _ConnectionListener:
         # Only the newest of the updates not yet written matters.
         self._send(update, "metrics dropped", supersede=JobMetricsUpdate)
 
-    def on_heartbeat(self, heartbeat: JobManagerHeartbeat) -> None:
-        self._send(heartbeat, "heartbeat dropped", supersede=JobManagerHeartbeat)
-
     def on_result(self, result: JobResult) -> None:
         self.done.set()
         self._send(result, "result dropped")
 
-    def close(self) -> None:
-        self._outbox.close()
+    def close(self, drain_s: float = 0.0) -> None:
+        self._outbox.close(drain_s)
 
     def _send(self, message: ControlMessage, dropped: str, supersede: object = None) -> None:
         try:

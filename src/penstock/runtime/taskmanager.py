@@ -57,6 +57,7 @@ from penstock.runtime.control import (
     Shutdown,
     TaskStateChanged,
     connect,
+    expect_heartbeats,
     load_secret,
     parse_address,
 )
@@ -457,8 +458,12 @@ def run_task_manager(
         log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
         status = 1
         try:
-            while executor.handle(connection.recv()):
-                pass
+            while True:
+                message = connection.recv()
+                if isinstance(message, JobManagerHeartbeat):
+                    expect_heartbeats(connection, message, silence_s)
+                elif not executor.handle(message):
+                    break
             status = 0
         except EOFError:
             if parent_done.is_set():
