@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import io
 import json
@@ -434,6 +435,45 @@ def test_a_closed_standard_output_ends_the_run_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in err
     for pid in task_managers:
         assert not is_alive(pid)
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Sends ``signum`` to one thread of another process (Linux ``tgkill``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_TGKILL, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+_SYS_TGKILL: Final = 234  # x86-64
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="tgkill's number is x86-64's")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_job_manager_stops_on_a_signal_delivered_to_any_of_its_threads(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The kernel may hand a process's signal to any thread that does not block it."""
+    command = [sys.executable, "-m", "penstock", "jobmanager", "--host", "127.0.0.1"]
+    secret = ["--port", "0", "--secret-file", str(tmp_path / "secret")]
+    process = subprocess.Popen(
+        [*command, *secret], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("JobManager listening on ")
+        others = [
+            int(tid) for tid in os.listdir(f"/proc/{process.pid}/task") if int(tid) != process.pid
+        ]
+        assert others
+        _tgkill(process.pid, others[0], signum)
+        _, err = process.communicate(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "penstock jobmanager: shutting down" in err
 
 
 def child_pids_of(parent: int) -> set[int]:

@@ -18,10 +18,13 @@ command line, where other users of the host could read it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Final
 
 from penstock.cli._args import SubParsers, port_number, positive_int, usage_error
 
@@ -89,12 +92,41 @@ def add_taskmanager_parser(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=taskmanager_command)
 
 
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+_SIGNAL_POLL_S: Final = 0.5
+"""How often the main thread wakes to run the handler of a signal it did not receive."""
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[Callable[[], None]]:
+    """Catches SIGINT and SIGTERM while open; gives a function that waits for one.
+
+    The kernel may hand a signal to any thread that does not block it, such as a
+    native thread a library started at import; Python then runs the handler only when
+    the main thread next runs Python code. So the main thread waits in short steps, not
+    in one wait (or ``sigwait``) that such a signal would never end.
+    """
+    stop = threading.Event()
+
+    def wait() -> None:
+        while not stop.wait(_SIGNAL_POLL_S):
+            pass
+
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in _STOP_SIGNALS}
+    try:
+        yield wait
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def jobmanager_command(args: argparse.Namespace) -> int:
-    """Runs ``penstock jobmanager``; returns the exit status."""
+    """Runs ``penstock jobmanager`` until SIGINT or SIGTERM; returns the exit status."""
     from penstock.config import JOBMANAGER_RPC_ADDRESS, JOBMANAGER_RPC_PORT, Configuration
     from penstock.errors import PenstockError
     from penstock.runtime.control import ControlServer, load_secret
@@ -110,14 +142,13 @@ def jobmanager_command(args: argparse.Namespace) -> int:
         server = ControlServer(host, port, secret, job_manager.serve_connection)
     except PenstockError as exc:
         return usage_error("jobmanager", str(exc))
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        print(f"JobManager listening on {server.address[0]}:{server.address[1]}", flush=True)
-        threading.Event().wait()
-    except KeyboardInterrupt:
+        with _stop_signals() as wait_for_a_stop_signal:
+            address = f"{server.address[0]}:{server.address[1]}"
+            print(f"JobManager listening on {address}", flush=True)
+            wait_for_a_stop_signal()
         print("penstock jobmanager: shutting down", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.close()
         job_manager.shutdown("the JobManager was stopped")
     return 0
