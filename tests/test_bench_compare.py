@@ -226,9 +226,16 @@ def test_compare_stops_when_the_cpu_latency_limit_cannot_be_held(
     assert not is_open(full)
 
 
-def test_a_missing_harness_says_how_to_set_it_up(tmp_path: Path) -> None:
+def test_a_missing_harness_says_how_to_set_it_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compare_module, "DEFAULT_HARNESS_DIR", tmp_path / "not-here")
+    monkeypatch.delenv("PENSTOCK_FLINK_BENCH", raising=False)
     located = FlinkHarness.locate(tmp_path)
     assert isinstance(located, str)
+    # Where it looked, and what to do.
+    assert f"was not found in {tmp_path}, {tmp_path / 'not-here'};" in located
+    assert "--flink-dir" in located and "setup.sh" in located
     (tmp_path / "run.sh").write_text("")
     located = FlinkHarness.locate(tmp_path)
     assert isinstance(located, str)

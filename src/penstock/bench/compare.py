@@ -301,6 +301,10 @@ def _run_penstock_process(comparison: Comparison, records: int, timeout_s: float
 # -- Flink -----------------------------------------------------------------------------------
 
 
+DEFAULT_HARNESS_DIR: Final = Path(__file__).resolve().parents[3].parent / "shared/bench/flink"
+"""Where the Flink harness is kept: beside the checkout, in ``shared/bench/flink``."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlinkHarness:
     """The Flink harness of ``shared/bench/flink`` and the environment it needs."""
@@ -314,12 +318,15 @@ class FlinkHarness:
         candidates = [directory] if directory is not None else []
         if env_dir := os.environ.get("PENSTOCK_FLINK_BENCH"):
             candidates.append(Path(env_dir))
-        candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "bench" / "flink")
+        candidates.append(DEFAULT_HARNESS_DIR)
         found = next((c for c in candidates if (c / "run.sh").is_file()), None)
         if found is None:
+            looked = ", ".join(str(candidate) for candidate in candidates)
             return (
-                "The Flink harness (shared/bench/flink/run.sh) was not found; pass "
-                "--flink-dir or set PENSTOCK_FLINK_BENCH."
+                "The Flink harness (a directory with run.sh and setup.sh, kept beside this "
+                f"checkout in shared/bench/flink) was not found in {looked}; pass its "
+                "directory with --flink-dir or set PENSTOCK_FLINK_BENCH, then run its "
+                "setup.sh once."
             )
         if shutil.which("java") is None:
             return f"Java is not installed; install a JDK 17, then run {found / 'setup.sh'}."
