@@ -480,6 +480,14 @@ class TestConfiguration:
         with pytest.raises(ConfigurationError, match="a key must be a string"):
             Configuration({1: "x"})  # type: ignore[dict-item]
 
+    def test_get_takes_a_key_as_well_as_an_option(self) -> None:
+        config = Configuration({"parallelism.default": "4", "heartbeat.timeout": "1 min"})
+        assert config.get("parallelism.default") == 4
+        assert config.get("heartbeat.timeout") == 60_000
+        assert config.get("heartbeat.interval") == 10_000  # the default
+        with pytest.raises(ConfigurationError, match=r"parallelism\.defualt"):
+            config.get("parallelism.defualt")
+
     def test_get_raw_and_contains(self) -> None:
         config = Configuration({"taskmanager.memory.segment-size": "64 kb"})
         assert config.get_raw("taskmanager.memory.segment-size") == 64 * KIB

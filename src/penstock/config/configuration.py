@@ -111,8 +111,23 @@ class Configuration:
             logger.debug("Configuration key '%s' is deprecated; use '%s'", name, option.key)
         self._values[option.key] = option.parse(value, key=name)
 
-    def get(self, option: ConfigOption[T]) -> T:
-        """The typed value of ``option``: the value set, else the option's default."""
+    @overload
+    def get(self, option: ConfigOption[T]) -> T: ...
+
+    @overload
+    def get(self, option: str) -> object: ...
+
+    def get(self, option: ConfigOption[T] | str) -> T | object:
+        """The value of ``option``, an option or a (canonical or deprecated) key.
+
+        The value set, parsed (sizes in bytes, durations in milliseconds), else the
+        option's default.
+
+        Raises:
+            ConfigurationError: ``option`` is a key that names no option.
+        """
+        if isinstance(option, str):
+            return self.get(lookup_option(option))
         if option.key in self._values:
             # Stored values came out of this option's parser, so they have its type.
             return cast(T, self._values[option.key])
