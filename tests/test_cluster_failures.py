@@ -527,6 +527,15 @@ def test_shutdown_tells_task_managers_to_exit() -> None:
     assert tm.closed
 
 
+def test_a_task_manager_that_registers_once_shutdown_began_is_told_to_exit() -> None:
+    manager = JobManager()
+    manager.start()
+    manager.shutdown("the JobManager was stopped")
+    tm = FakeTaskManager(manager, "late", 1, 7014).register()
+    assert tm.next_of(Shutdown) == Shutdown("the JobManager was stopped")
+    assert tm.closed
+
+
 # -- peers that stop: a client that reads nothing, a JobManager that says nothing ----------
 
 
@@ -673,11 +682,21 @@ SILENCE: Final = {"heartbeat.timeout": "300 ms", "heartbeat.interval": "100 ms"}
 def test_a_task_manager_leaves_a_job_manager_it_hears_nothing_from(
     mute_job_manager: _MuteJobManager, caplog: pytest.LogCaptureFixture
 ) -> None:
+    said: list[str] = []
     status = run_task_manager(
-        mute_job_manager.server.address, mute_job_manager.secret, Configuration(SILENCE), 1
+        mute_job_manager.server.address,
+        mute_job_manager.secret,
+        Configuration(SILENCE),
+        1,
+        "tm-1",
+        announce=said.append,
     )
     assert status == 1
     peer = "{}:{}".format(*mute_job_manager.server.address)
+    [registered] = said
+    assert registered.startswith(
+        f"TaskManager tm-1 registered with the JobManager at {peer} (1 slot, data port "
+    )
     assert f"lost the JobManager: heard nothing from {peer} for 300 ms (heartbeat.timeout)" in (
         caplog.text
     )

@@ -169,7 +169,9 @@ def taskmanager_command(args: argparse.Namespace) -> int:
         return usage_error("taskmanager", str(exc))
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_task_manager(address, secret, config, args.slots)
+        return run_task_manager(
+            address, secret, config, args.slots, announce=lambda line: print(line, flush=True)
+        )
     except ConfigurationError as exc:  # found on the way up: a data port it cannot bind
         return usage_error("taskmanager", str(exc))
     except PenstockError as exc:

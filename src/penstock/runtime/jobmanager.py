@@ -387,8 +387,16 @@ class JobManager:
     def add_task_manager(
         self, registration: RegisterTaskManager, gateway: TaskManagerGateway
     ) -> None:
-        """Registers a TaskManager (from any thread)."""
-        self._run_in_main(lambda: self._add_task_manager(registration, gateway))
+        """Registers a TaskManager (from any thread); tells it to exit during shutdown."""
+        with self._changed:
+            # Under the lock that shutdown takes to queue its last step, as for jobs.
+            reason = self._stopping
+            if reason is None:
+                self._run_in_main(lambda: self._add_task_manager(registration, gateway))
+                return
+        with contextlib.suppress(ClusterError):
+            gateway.send(Shutdown(reason))
+        gateway.close(drain_s=_LAST_WORDS_S)
 
     def _add_task_manager(
         self, registration: RegisterTaskManager, gateway: TaskManagerGateway

@@ -418,6 +418,7 @@ def run_task_manager(
     slots: int | None = None,
     tm_id: str | None = None,
     watch_stdin: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> int:
     """Registers with the JobManager and serves it until shutdown or connection loss.
 
@@ -428,6 +429,7 @@ def run_task_manager(
         slots: Number of slots (``taskmanager.numberOfTaskSlots`` when None).
         tm_id: This TaskManager's id.
         watch_stdin: Exit when standard input closes (the parent process died).
+        announce: Gets one line once this TaskManager has registered.
 
     Returns:
         The exit status: 0 after ``Shutdown`` (or when the parent mini-cluster closed,
@@ -455,13 +457,14 @@ def run_task_manager(
         # The JobManager sends at least a heartbeat every heartbeat.interval: silence
         # for heartbeat.timeout means it is gone (stopped, or cut off), as for Flink.
         connection.set_receive_timeout(silence_s, HEARTBEAT_TIMEOUT.key)
-        log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
         status = 1
         try:
             while True:
                 message = connection.recv()
                 if isinstance(message, JobManagerHeartbeat):
                     expect_heartbeats(connection, message, silence_s)
+                elif isinstance(message, RegistrationAccepted):
+                    _registered(executor, jobmanager, announce)
                 elif not executor.handle(message):
                     break
             status = 0
@@ -479,6 +482,21 @@ def run_task_manager(
         executor.close()
         if connection is not None:
             connection.close()
+
+
+def _registered(
+    executor: TaskExecutor,
+    jobmanager: tuple[str, int],
+    announce: Callable[[str], None] | None,
+) -> None:
+    log.info("%s registered with the JobManager at %s:%d", executor.tm_id, *jobmanager)
+    if announce is not None:
+        data_host, data_port = executor.shuffle.data_address
+        how_many = f"{executor.slots} slot{'' if executor.slots == 1 else 's'}"
+        announce(
+            f"TaskManager {executor.tm_id} registered with the JobManager at "
+            f"{jobmanager[0]}:{jobmanager[1]} ({how_many}, data port {data_host}:{data_port})"
+        )
 
 
 def _send(connection: ControlConnection | None, message: ControlMessage) -> None:
